@@ -213,6 +213,8 @@ def _signed(value: Any) -> str:
 def load_pretraining_summaries(output_dir: str | Path) -> list[dict]:
     summaries = []
     for path in sorted(Path(output_dir).glob("pretrain/*/summary.json")):
+        if path.parent.name == "smoke":
+            continue
         try:
             summaries.append({"run": path.parent.name, **json.loads(path.read_text())})
         except (OSError, json.JSONDecodeError):
@@ -222,7 +224,9 @@ def load_pretraining_summaries(output_dir: str | Path) -> list[dict]:
 
 def render_results_markdown(output_dir: str | Path) -> str:
     """The body of ``results/README.md``."""
-    table = comparison_table(collect_results(output_dir))
+    results = collect_results(output_dir)
+    results = results[results["preset"] != "smoke"]  # smoke runs are tests; their numbers mean nothing
+    table = comparison_table(results)
     lines = [
         "# Results",
         "",
@@ -233,6 +237,7 @@ def render_results_markdown(output_dir: str | Path) -> str:
         "same recipe from a randomly initialised encoder; *paper* is ASiT's reported ViT-B number (see",
         "`asit/results.py` for its source). Numbers on the built-in synthetic data or from a preset smaller",
         "than `paper` show whether pretraining helps at small scale; they cannot be compared with the paper.",
+        "Runs on the `smoke` preset (the tests' preset) are left out.",
         "",
     ]
     if table.empty:

@@ -50,5 +50,10 @@ def test_comparison_table_marks_what_cannot_be_compared(tmp_path):
     assert "| ESC-50 | accuracy | builtin | cpu | 80.0 | 60.0 | +20.0 | 95.3 |" in markdown
 
 
+def test_smoke_runs_stay_out_of_the_results_readme(tmp_path):
+    write_run_result(tmp_path, "ks1", "builtin", "smoke", {"accuracy": 12.0})
+    assert "12.0" not in render_results_markdown(tmp_path)
+
+
 def test_empty_results_say_how_to_get_some(tmp_path):
     assert "make reproduce" in render_results_markdown(tmp_path)
