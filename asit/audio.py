@@ -115,6 +115,36 @@ def _read_header(path: Path) -> sf._SoundFileInfo:
         raise AudioError(path, f"is not a readable audio file ({err})") from None
 
 
+def check_audio(
+    path: str | Path,
+    *,
+    min_seconds: float = MIN_SECONDS,
+    max_seconds: float | None = MAX_SECONDS,
+) -> float:
+    """The checks that need only the file's header; returns the clip's duration in seconds.
+
+    Raises :class:`AudioError` for a missing, unreadable, empty, truncated or non-audio file and
+    for clips shorter than ``min_seconds`` or longer than ``max_seconds``. About 50 us a file:
+    cheap enough to run over a whole data set before training. NaN samples and corrupt data past
+    the header are only found when decoding (:func:`load_audio`).
+    """
+    path = Path(path)
+    info = _read_header(path)
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(path, "contains no samples")
+    duration = info.frames / info.samplerate
+    if duration < min_seconds:
+        raise AudioError(path, f"is too short: {duration * 1000:.1f} ms, the minimum is {min_seconds * 1000:.0f} ms")
+    if max_seconds is not None and duration > max_seconds:
+        raise AudioError(path, f"is too long: {duration:.1f} s, the limit is {max_seconds:.0f} s (max_seconds)")
+    truncated = _TRUNCATED_WAV.search(info.extra_info or "")
+    if truncated:
+        raise AudioError(
+            path, f"is truncated: its header declares {truncated.group(1)} bytes of audio, the file holds {truncated.group(2)}"
+        )
+    return duration
+
+
 def load_audio(
     path: str | Path,
     sample_rate: int = DEFAULT_SAMPLE_RATE,
@@ -132,19 +162,7 @@ def load_audio(
         ``(num_samples,)`` float32 tensor. The mean is *not* removed here (see :func:`prepare_wave`).
     """
     path = Path(path)
-    info = _read_header(path)
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise AudioError(path, "contains no samples")
-    duration = info.frames / info.samplerate
-    if duration < min_seconds:
-        raise AudioError(path, f"is too short: {duration * 1000:.1f} ms, the minimum is {min_seconds * 1000:.0f} ms")
-    if max_seconds is not None and duration > max_seconds:
-        raise AudioError(path, f"is too long: {duration:.1f} s, the limit is {max_seconds:.0f} s (max_seconds)")
-    truncated = _TRUNCATED_WAV.search(info.extra_info or "")
-    if truncated:
-        raise AudioError(
-            path, f"is truncated: its header declares {truncated.group(1)} bytes of audio, the file holds {truncated.group(2)}"
-        )
+    check_audio(path, min_seconds=min_seconds, max_seconds=max_seconds)
     try:
         data, source_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
     except (sf.LibsndfileError, RuntimeError) as err:

@@ -1,0 +1,99 @@
+"""ESC-50 (Piczak 2015): 2,000 environmental sound clips, 50 classes, 5 s at 44.1 kHz, 5 folds.
+
+Layout, as the GitHub repository ships it (``karolpiczak/ESC-50``, unpacked)::
+
+    <data_root>/audio/1-100032-A-0.wav ...        2,000 clips
+    <data_root>/meta/esc50.csv                    filename,fold,target,category,esc10,src_file,take
+
+Protocol: 5-fold cross-validation on the official folds (clips cut from one recording share a
+fold). For test fold ``k``, a validation fold is held out of the four training folds, so no epoch
+or setting is chosen on the test fold (using the test fold as the validation set would leak):
+
+    test      fold k
+    val       fold ``val_fold`` (default: the next fold, k % 5 + 1)
+    train     the three other folds
+    trainval  train + val (a final fit with settings chosen on val)
+    all       every clip
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from asit.datasets.base import (
+    AudioDataset,
+    DatasetLayoutError,
+    ensure_split,
+    layout_hint,
+    require,
+    require_listed_files,
+    resolve_root,
+)
+
+SPLITS = ("train", "val", "trainval", "test", "all")
+COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
+
+
+def read_esc50_meta(root: Path) -> list[dict]:
+    """Rows of ``meta/esc50.csv`` with ``fold`` and ``target`` as ints; checks the layout."""
+    require(root / "audio", "esc50", root, "the clips folder audio/", folder=True, marker="meta/esc50.csv")
+    meta = require(root / "meta" / "esc50.csv", "esc50", root, "the metadata file meta/esc50.csv", marker="meta/esc50.csv")
+    with open(meta, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetLayoutError(
+                "esc50", f"columns {', '.join(COLUMNS)} in {meta}", f"columns {reader.fieldnames}", layout_hint(root, "esc50")
+            )
+        rows = [dict(row, fold=int(row["fold"]), target=int(row["target"])) for row in reader]
+    if not rows:
+        raise DatasetLayoutError("esc50", f"one row per clip in {meta}", "no rows", layout_hint(root, "esc50"))
+    return rows
+
+
+class ESC50(AudioDataset):
+    """ESC-50 split ``split`` for test fold ``fold`` (see the module docstring for the protocol).
+
+    Args:
+        split: train, val, trainval, test or all.
+        data_root: the unpacked download (None: the built-in copy).
+        fold: the test fold, 1..5.
+        val_fold: the held-out validation fold (default: the next fold after ``fold``).
+        options: :class:`~asit.datasets.base.AudioDataset` options.
+    """
+
+    stats_name = "esc50"
+
+    def __init__(self, split: str = "train", data_root: str | Path | None = None, *, fold: int = 1,
+                 val_fold: int | None = None, **options):
+        ensure_split("esc50", split, SPLITS)
+        root = resolve_root("esc50", data_root)
+        rows = read_esc50_meta(root)
+        folds = sorted({row["fold"] for row in rows})
+        if fold not in folds:
+            raise ValueError(f"esc50 has folds {folds}; fold={fold} is not one of them")
+        if val_fold is None:
+            val_fold = folds[(folds.index(fold) + 1) % len(folds)]
+        if val_fold == fold or val_fold not in folds:
+            raise ValueError(f"val_fold={val_fold} must be one of {folds} other than the test fold {fold}")
+        self.fold, self.val_fold = fold, val_fold
+
+        wanted = {
+            "test": {fold},
+            "val": {val_fold},
+            "train": set(folds) - {fold, val_fold},
+            "trainval": set(folds) - {fold},
+            "all": set(folds),
+        }[split]
+        # Classes: the categories present, in the order of their official target numbers. With all
+        # 50 (the real data set) a class index is the csv's target; a subset (the built-in copy
+        # keeps a few categories and their numbers) is renumbered 0..n-1.
+        names = dict(sorted({row["target"]: row["category"] for row in rows}.items()))
+        index = {target: i for i, target in enumerate(names)}
+        chosen = [row for row in rows if row["fold"] in wanted]
+        paths = [root / "audio" / row["filename"] for row in chosen]
+        require_listed_files(paths, "esc50", root, "meta/esc50.csv")
+        targets = [index[row["target"]] for row in chosen]
+        super().__init__(paths, targets, list(names.values()), name="esc50", split=split, root=root, **options)
+
