@@ -398,13 +398,15 @@ def load_encoder(path: str | Path, num_frames: int | None = None, num_classes: i
     weights = path / "model.safetensors" if path.is_dir() else path
     config = json.loads((weights.parent / "config.json").read_text())
     num_frames = num_frames or config["img_size"][0]
+    # Rebuild the saved shape (a preset may use fewer blocks than the size's standard 12).
+    shape = {key: config[key] for key in ("embed_dim", "depth", "num_heads") if key in config}
     encoder = timm.create_model(
         config["architecture"],
         pretrained=True,
         pretrained_cfg_overlay=dict(file=str(weights), num_classes=config.get("num_classes", 0)),
         img_size=(num_frames, config["img_size"][1]),
         num_classes=num_classes,
-        **kwargs,
+        **{**shape, **kwargs},
     )
     encoder.asit_config = config
     return encoder

@@ -261,3 +261,16 @@ def test_load_released_checkpoint(tmp_path, head_name):
         torch.testing.assert_close(got.reconstruction, want.reconstruction)
     parts = load_released_checkpoint(path, num_frames=1024)
     assert parts["encoder"]["pos_embed"].shape == (1, 1 + 64 * 8, 192)
+
+
+def test_a_shallow_encoder_saves_and_loads_with_its_depth(tmp_path):
+    """The CPU presets pretrain fewer blocks than 12; the saved encoder must come back as it was."""
+    from asit.models import create_encoder, load_encoder, save_encoder
+
+    encoder = create_encoder("tiny", num_frames=64, depth=2, drop_path_rate=0.0).eval()
+    save_encoder(encoder, tmp_path / "enc")
+    loaded = load_encoder(tmp_path / "enc").eval()
+    assert len(loaded.blocks) == 2
+    x = torch.randn(2, 1, 64, 128)
+    torch.testing.assert_close(loaded(x), encoder(x))
+    assert len(load_encoder(tmp_path / "enc", num_frames=128).blocks) == 2

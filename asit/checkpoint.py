@@ -1,0 +1,237 @@
+"""Checkpoints that survive a crash: atomic writes, the last N kept, a clear error on mismatch.
+
+Layout of a run directory (see ``asit/README.md``)::
+
+    checkpoint.pth           the latest state (written at every save, also mid-epoch)
+    checkpoint-0003.pth      numbered copies at epoch ends, the last ``keep_last`` kept
+
+Every write goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
+renamed over the target with ``os.replace`` (atomic on POSIX and Windows). A crash or a kill at
+any moment leaves either the old file or the new one, never half a file; a stray
+``.*.tmp-*`` file from a killed writer is ignored by :func:`find_latest`.
+
+Each checkpoint carries the run's config (a JSON-ready dict), the package version and the torch
+version. Everything inside is made of tensors and plain Python values (the NumPy RNG state is
+stored as a tensor), so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``
+and nothing needs allow-listing with ``torch.serialization.add_safe_globals``. Should a caller
+add other objects (a NumPy array, a dataclass), either convert them to tensors / dicts first or
+allow-list their classes; the loader falls back to ``weights_only=False`` only when asked
+(``trusted=True``), for files you wrote yourself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+import asit
+
+LATEST = "checkpoint.pth"
+_NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint written under a config that the current run cannot continue.
+
+    ``fields`` maps each mismatched field to ``(in_checkpoint, now)``.
+    """
+
+    def __init__(self, path: str | Path, fields: dict[str, tuple[Any, Any]]):
+        self.path = str(path)
+        self.fields = fields
+        lines = "\n".join(f"  {name}: checkpoint has {old!r}, this run has {new!r}" for name, (old, new) in fields.items())
+        super().__init__(
+            f"{path} was written by an incompatible run; these settings differ:\n{lines}\n"
+            "Use the checkpoint's settings, start a new run (another run name or output_dir), "
+            "or pass resume='never' to start over."
+        )
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _config_dict(config: Any) -> dict:
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config):
+        if hasattr(config, "to_dict"):
+            return config.to_dict()
+        return dataclasses.asdict(config)
+    return dict(config)
+
+
+def numbered_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``[(epoch, path), ...]`` of the numbered checkpoints in ``run_dir``, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for child in run_dir.iterdir():
+        match = _NUMBERED.match(child.name)
+        if match:
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def save_checkpoint(
+    state: dict,
+    run_dir: str | Path,
+    config: Any = None,
+    epoch: int | None = None,
+    keep_last: int = 2,
+) -> Path:
+    """Write ``state`` as ``run_dir/checkpoint.pth``; with ``epoch``, also ``checkpoint-<epoch>.pth``.
+
+    The config (dataclass or dict), ``asit.__version__``, ``torch.__version__`` and the time are
+    added under ``"config"``, ``"asit_version"``, ``"torch_version"``, ``"saved_at"``. Only the
+    newest ``keep_last`` numbered checkpoints are kept (``keep_last <= 0`` keeps all of them).
+
+    Returns:
+        the path of ``checkpoint.pth``.
+    """
+    run_dir = Path(run_dir)
+    payload = dict(state)
+    payload["config"] = _config_dict(config)
+    payload["asit_version"] = asit.__version__
+    payload["torch_version"] = str(torch.__version__)  # a TorchVersion object would need allow-listing
+    payload["saved_at"] = time.time()
+    latest = atomic_save(payload, run_dir / LATEST)
+    if epoch is not None:
+        _atomic_copy(latest, run_dir / f"checkpoint-{epoch:04d}.pth")
+        _fsync_dir(run_dir)
+        if keep_last > 0:
+            for _, old in numbered_checkpoints(run_dir)[:-keep_last]:
+                old.unlink(missing_ok=True)
+    return latest
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: ``checkpoint.pth`` if present, else the newest numbered one."""
+    run_dir = Path(run_dir)
+    if (run_dir / LATEST).is_file():
+        return run_dir / LATEST
+    numbered = numbered_checkpoints(run_dir)
+    return numbered[-1][1] if numbered else None
+
+
+def config_mismatches(saved: dict, expected: dict, may_change: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ between two config dicts, except those in ``may_change``.
+
+    Nested dicts (e.g. the masking config) are compared field by field as ``outer.inner``.
+    """
+    may_change = set(may_change)
+    differ: dict[str, tuple[Any, Any]] = {}
+
+    def walk(a: dict, b: dict, prefix: str) -> None:
+        for key in sorted(set(a) | set(b)):
+            name = f"{prefix}{key}"
+            if name in may_change:
+                continue
+            old, new = a.get(key, "<missing>"), b.get(key, "<missing>")
+            if isinstance(old, dict) and isinstance(new, dict):
+                walk(old, new, name + ".")
+            elif _normalise(old) != _normalise(new):
+                differ[name] = (old, new)
+
+    walk(saved, expected, "")
+    return differ
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def load_checkpoint(
+    path: str | Path,
+    expected_config: Any = None,
+    may_change: Iterable[str] = (),
+    map_location: str | torch.device = "cpu",
+    trusted: bool = False,
+) -> dict:
+    """Read a checkpoint; with ``expected_config``, refuse one from an incompatible run.
+
+    Args:
+        expected_config: the current run's config (dataclass or dict). Every field must equal the
+            checkpoint's except those named in ``may_change`` (for :class:`asit.config.PretrainConfig`
+            see ``asit.config.MAY_CHANGE_ON_RESUME``); otherwise :class:`CheckpointMismatch` names
+            each differing field.
+        trusted: fall back to ``weights_only=False`` if the safe loader refuses the file. Only for
+            files you wrote yourself: unpickling runs arbitrary code.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised below with the file's name
+        if not trusted or isinstance(err, (FileNotFoundError, EOFError)):
+            raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    if expected_config is not None:
+        differ = config_mismatches(state.get("config", {}), _config_dict(expected_config), may_change)
+        if differ:
+            raise CheckpointMismatch(path, differ)
+    return state
+
+
+__all__ = [
+    "LATEST",
+    "CheckpointMismatch",
+    "atomic_save",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_latest",
+    "numbered_checkpoints",
+    "config_mismatches",
+]

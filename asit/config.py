@@ -1,0 +1,318 @@
+"""Pretraining configuration: one dataclass, a comment per field, four presets.
+
+Presets (``get_preset(name, **overrides)``):
+
+- ``smoke``: the tests; seconds. A tiny ViT on 64-frame crops of a handful of clips.
+- ``cpu``:   a laptop; minutes. Tiny ViT on short crops of the built-in pool, enough to see the
+  reconstruction loss fall and the k-NN monitor beat a randomly initialised encoder.
+- ``gpu``:   a Colab T4; about an hour. ViT-S on 6 s crops of the built-in pool.
+- ``paper``: ViT-B on AudioSet-2M with the settings of the authors' released pretraining code
+  (see ``/work/shared/reference/asit-method.md``, "Optimisation (pretraining)").
+
+Where the two public revisions of the authors' code differ, the default is named in the comment
+and the other is one override away (``--set key=value`` on the command line, see :func:`override`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from asit.masking import MaskingConfig
+
+
+def _default_masking() -> "MaskingConfig":
+    from asit.masking import MaskingConfig
+
+    return MaskingConfig()
+
+
+@dataclass
+class PretrainConfig:
+    # ---------------------------------------------------------------- run
+    preset: str = "paper"  # which preset these values came from; names the run folder by default
+    run_name: str = ""  # sub-folder of <output_dir>/pretrain/; "" = the preset's name
+    output_dir: str = "results"  # runs go to <output_dir>/pretrain/<run_name>/
+    seed: int = 0  # seeds model init, data order, crops, masks; a resumed run restores RNG states
+    device: str = "auto"  # "auto": CUDA, else MPS, else CPU; under torchrun each rank takes its local GPU
+    resume: str = "auto"  # "auto": continue from <run_dir>/checkpoint.pth if present; "never": start over
+    # (delete nothing); or a path to a checkpoint
+
+    # ---------------------------------------------------------------- model
+    model_size: str = "base"  # tiny | small | base (ViT-B is the paper's model, 86 M parameters)
+    depth: int = 0  # transformer blocks; 0 = the size's standard 12. The CPU presets use fewer so a
+    # laptop pretrains in minutes; the saved encoder records its depth and loads back with it
+    num_frames: int = 592  # fbank frames per global view: 592 = 6 s at 10 ms hop (paper), 37 x 8 patches
+    sample_rate: int = 16_000  # later revision's default (the earlier one used 32 kHz); audio is resampled
+    drop_path_rate: float = 0.1  # stochastic depth in the student only (the teacher has none)
+    global_dim: int = 8192  # class-token head output (prototypes); paper 8192. Fewer for small data
+    local_dim: int = 1024  # patch-token head output; 1024 earlier revision, 8192 later one
+
+    # ---------------------------------------------------------------- data
+    datasets: list[str] = field(default_factory=list)  # [] = the built-in unlabelled pool
+    # (asit.datasets.pretraining_pool's default); or names such as ["audioset"]
+    data_root: str = ""  # "" = the built-in copies under data/builtin; else the official layout's root
+    max_clips: int = 0  # 0 = every clip; >0 keeps the first N (smoke tests, quick looks)
+    batch_size: int = 32  # clips per process per step; global batch = batch_size x processes
+    # (the released command: 32 per GPU on 4 GPUs; the later one 20). Halve it on out-of-memory.
+    num_workers: int = 4  # data-loading processes per rank; they only decode, resample and crop
+    roll_prob: float = 0.5  # probability of rolling a clip in time before cropping (paper 0.5)
+    num_global_views: int = 2  # global crops per clip: teacher and student see both (cross-view loss)
+    num_local_crops: int = 0  # extra 192-frame crops for the class-token loss only (DINO multi-crop);
+    # 0 = earlier revision (default), 4 = later revision. Costs student compute only.
+    local_crop_frames: int = 192  # frames per local crop (2 s)
+
+    # ---------------------------------------------------------------- optimisation
+    epochs: int = 100  # paper: 100 epochs on AudioSet-2M
+    base_lr: float = 5e-4  # peak lr = base_lr * global_batch / 256 (linear scaling rule, as DINO/MAE).
+    # Unstable (loss spikes, NaN)? Lower it, or lengthen warmup_epochs.
+    min_lr: float = 1e-6  # end of the cosine
+    warmup_epochs: float = 10  # linear lr warm-up from 0 (paper 10)
+    weight_decay: float = 0.04  # start of the cosine weight-decay schedule (paper 0.04)
+    weight_decay_end: float = 0.4  # end of it (paper 0.4); biases and norms get none
+    clip_grad: float = 3.0  # max gradient norm (paper 3.0); 0 = no clipping. Lower it if unstable
+    momentum_teacher: float = 0.996  # teacher EMA momentum, cosine to 1.0 (paper). With few steps per
+    # epoch (small data) 0.99 lets the teacher follow faster
+    warmup_teacher_temp: float = 0.04  # teacher softmax temperature at the start (paper 0.04)
+    teacher_temp: float = 0.07  # after the warm-up (paper 0.07); too high can collapse (uniform output)
+    warmup_teacher_temp_epochs: int = 30  # linear rise 0.04 -> 0.07 (earlier revision 30, later 5)
+    student_temp: float = 0.1  # student softmax temperature (paper 0.1)
+    center_momentum: float = 0.9  # EMA of the teacher's batch mean, subtracted to avoid collapse (0.9)
+
+    # ---------------------------------------------------------------- objectives (ablations)
+    use_global: bool = True  # class-token cross-view self-distillation
+    use_local: bool = True  # patch-token self-distillation (same view, same position)
+    use_reconstruction: bool = True  # GMML: L1 reconstruction of the masked pixels
+    weight_global: float = 1.0  # total = wg*L_global + wl*L_local + wr*L_rec: (1, 1, 2) earlier
+    weight_local: float = 1.0  # revision (default); (0.5, 0.5, 1) later revision
+    weight_reconstruction: float = 2.0
+    masking: "MaskingConfig" = field(default_factory=_default_masking)  # group masking (GMML),
+    # see asit.masking.MaskingConfig: masked fraction, block sizes, corruption type
+
+    # ---------------------------------------------------------------- engineering
+    amp: str = "auto"  # "auto": bf16 where supported, fp16 + GradScaler on older CUDA GPUs, off on CPU;
+    # "bf16" | "fp16" | "off". fp16 NaNs? try "off" or "bf16"
+    compile: bool = False  # torch.compile the student (faster on recent GPUs after a slow first step)
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    save_every: int = 1  # numbered checkpoint every N epochs (checkpoint.pth is updated at each)
+    save_every_steps: int = 0  # also refresh checkpoint.pth every N steps inside an epoch (0 = off);
+    # lets a killed run resume mid-epoch
+    keep_last: int = 2  # numbered checkpoints kept (0 = all)
+    knn_every: int = 0  # k-NN monitor every N epochs (0 = off; the last epoch is always measured when on)
+    knn_dataset: str = "esc50"  # a labelled data set for the monitor (built-in copy unless knn_data_root)
+    knn_data_root: str = ""  # "" = built-in
+    knn_max_clips: int = 0  # cap on clips per split for the monitor (0 = all)
+    knn_k: int = 20  # neighbours (DINO's 20)
+    knn_temperature: float = 0.07  # weight exp(sim / T) (DINO's 0.07)
+    nan_policy: str = "stop"  # non-finite loss: "stop" (keep the last good checkpoint, say where) or
+    # "skip" (drop the step, count it)
+    log_every: int = 10  # steps between progress-bar updates (each is one host-device sync)
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def name(self) -> str:
+        return self.run_name or self.preset
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / "pretrain" / self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PretrainConfig":
+        from asit.masking import MaskingConfig
+
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig field(s): {', '.join(unknown)}")
+        if isinstance(data.get("masking"), dict):
+            masking = dict(data["masking"])
+            for key, value in masking.items():  # JSON turns tuples into lists
+                if isinstance(value, list):
+                    masking[key] = tuple(value)
+            data["masking"] = MaskingConfig(**masking)
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> "PretrainConfig":
+        text = Path(source).read_text() if not str(source).lstrip().startswith("{") else str(source)
+        return cls.from_dict(json.loads(text))
+
+
+# Fields that may differ between a checkpoint and the run that resumes it: they change neither
+# the model's shapes nor the meaning of the step counter. Changing `epochs` stretches the
+# remaining cosine schedules (allowed: "train 50 more epochs"). Everything else must match.
+MAY_CHANGE_ON_RESUME = (
+    "epochs",
+    "resume",
+    "device",
+    "output_dir",
+    "num_workers",
+    "save_every",
+    "save_every_steps",
+    "keep_last",
+    "knn_every",
+    "knn_dataset",
+    "knn_data_root",
+    "knn_max_clips",
+    "knn_k",
+    "knn_temperature",
+    "nan_policy",
+    "log_every",
+    "compile",
+    "grad_checkpointing",
+    "data_root",
+)
+
+
+def _smoke() -> PretrainConfig:
+    from asit.masking import MaskingConfig
+
+    return PretrainConfig(
+        preset="smoke",
+        model_size="tiny",
+        num_frames=64,  # 0.64 s: 4 x 8 patches
+        global_dim=256,
+        local_dim=64,
+        max_clips=8,
+        batch_size=4,
+        num_workers=0,
+        epochs=2,
+        warmup_epochs=1,
+        warmup_teacher_temp_epochs=1,
+        momentum_teacher=0.99,
+        local_crop_frames=32,
+        masking=MaskingConfig(),
+        knn_every=0,
+        knn_max_clips=16,
+        log_every=1,
+        save_every_steps=0,
+    )
+
+
+def _cpu() -> PretrainConfig:
+    return PretrainConfig(
+        preset="cpu",
+        model_size="tiny",
+        num_frames=128,  # 1.28 s crops: 8 x 8 patches
+        global_dim=1024,
+        local_dim=256,
+        max_clips=256,  # a quarter of the built-in pool: 16 steps per epoch
+        batch_size=16,
+        num_workers=1,
+        epochs=5,
+        base_lr=1e-3,  # few steps: a larger lr than the paper's (scaled by 16/256 anyway)
+        warmup_epochs=1,
+        warmup_teacher_temp_epochs=2,
+        momentum_teacher=0.99,
+        local_crop_frames=64,
+        knn_every=5,  # once, at the end
+        knn_max_clips=200,
+        log_every=5,
+    )
+
+
+def _gpu() -> PretrainConfig:
+    return PretrainConfig(
+        preset="gpu",
+        model_size="small",
+        num_frames=592,
+        global_dim=4096,
+        local_dim=1024,
+        batch_size=32,
+        num_workers=2,  # Colab gives 2 vCPUs
+        epochs=40,
+        warmup_epochs=4,
+        warmup_teacher_temp_epochs=10,
+        momentum_teacher=0.99,
+        knn_every=5,
+        log_every=20,
+    )
+
+
+def _paper() -> PretrainConfig:
+    # Every value is the dataclass default, read from the authors' released command:
+    # ViT-B, 592 x 128 crops, AdamW lr 5e-4 x global batch / 256 (32 per GPU x 4 GPUs), 10 warm-up
+    # epochs, cosine to 1e-6, wd 0.04 -> 0.4, clip 3.0, teacher momentum 0.996 -> 1, teacher
+    # temperature 0.04 -> 0.07 over 30 epochs, student 0.1, heads 8192 / 1024, losses (1, 1, 2),
+    # 100 epochs on AudioSet-2M.
+    return PretrainConfig(preset="paper", datasets=["audioset"], num_workers=8, knn_every=10, log_every=50)
+
+
+PRESETS = {"smoke": _smoke, "cpu": _cpu, "gpu": _gpu, "paper": _paper}
+
+
+def get_preset(name: str, **overrides: Any) -> PretrainConfig:
+    """A fresh :class:`PretrainConfig` for preset ``name``, with keyword overrides applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[name]()
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def _convert(text: str, current: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {text!r}")
+    if isinstance(current, int):
+        return int(float(text)) if text.strip().lower() not in ("",) else current
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, (list, tuple)):
+        parts = [p for p in (s.strip() for s in text.split(",")) if p]
+        kind = type(current[0]) if len(current) else str
+        values = [_convert(p, kind(), name) if kind is not str else p for p in parts]
+        return type(current)(values)
+    if current is None:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def override(cfg: PretrainConfig, *assignments: str) -> PretrainConfig:
+    """Return a copy of ``cfg`` with ``"key=value"`` assignments applied (the CLI's ``--set``).
+
+    Values are converted to the field's current type (``true``/``false`` for booleans, comma
+    separated lists); ``masking.<field>=value`` sets a field of the masking config.
+    """
+    cfg = dataclasses.replace(cfg)
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ValueError(f"expected key=value, got {assignment!r}")
+        key, text = assignment.split("=", 1)
+        key = key.strip()
+        outer, attr = key.split(".", 1) if "." in key else ("", key)
+        target = getattr(cfg, outer, None) if outer else cfg
+        if target is None or not dataclasses.is_dataclass(target) or not hasattr(target, attr):
+            fields = dataclasses.fields(target) if dataclasses.is_dataclass(target) else dataclasses.fields(cfg)
+            choices = ", ".join(f.name for f in fields)
+            raise ValueError(f"unknown setting {key!r}; known: {choices}")
+        value = _convert(text, getattr(target, attr), key)
+        if outer:  # the masking config may be frozen: rebuild it
+            cfg = dataclasses.replace(cfg, **{outer: dataclasses.replace(target, **{attr: value})})
+        else:
+            cfg = dataclasses.replace(cfg, **{attr: value})
+    return cfg
+
+
+__all__ = ["PretrainConfig", "PRESETS", "MAY_CHANGE_ON_RESUME", "get_preset", "override"]

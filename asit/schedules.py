@@ -1,0 +1,55 @@
+"""Per-step schedules for pretraining: learning rate, weight decay, teacher EMA momentum.
+
+The same function as DINO's ``utils.cosine_scheduler`` (facebookresearch/dino): an optional
+linear warm-up from ``start_warmup`` to ``base`` over ``warmup_epochs``, then a half cosine from
+``base`` to ``final`` over the remaining steps. Values are per optimisation step, so a schedule
+indexed with the global step ``it`` resumes exactly where it stopped.
+
+The teacher temperature is not here: :class:`asit.losses.DistillationLoss` owns it (as DINO's
+``DINOLoss`` does), together with its center.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_schedule(
+    base: float,
+    final: float,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0,
+    start_warmup: float = 0.0,
+) -> np.ndarray:
+    """Per-step values: linear warm-up ``start_warmup -> base``, then cosine ``base -> final``.
+
+    Args:
+        base: value at the end of the warm-up (the peak learning rate, the starting weight decay
+            or teacher momentum).
+        final: value at the last step.
+        epochs: total epochs; the array has ``epochs * steps_per_epoch`` entries.
+        steps_per_epoch: optimisation steps per epoch.
+        warmup_epochs: epochs of linear warm-up (may be fractional; clipped to ``epochs``).
+        start_warmup: value at step 0 of the warm-up.
+
+    Returns:
+        float64 array of shape ``(epochs * steps_per_epoch,)``.
+    """
+    if epochs < 0 or steps_per_epoch <= 0:
+        raise ValueError(f"need epochs >= 0 and steps_per_epoch > 0, got {epochs} and {steps_per_epoch}")
+    total = int(epochs * steps_per_epoch)
+    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total)
+    warmup = np.linspace(start_warmup, base, warmup_steps) if warmup_steps > 0 else np.array([])
+    steps = np.arange(total - warmup_steps)
+    if len(steps) == 1:
+        cosine = np.array([base], dtype=np.float64)
+    else:
+        # over len(steps) - 1 intervals so that the last step is exactly `final`
+        cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps) - 1, 1)))
+    schedule = np.concatenate((warmup, cosine)).astype(np.float64)
+    assert len(schedule) == total
+    return schedule
+
+
+__all__ = ["cosine_schedule"]

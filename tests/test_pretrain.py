@@ -1,0 +1,182 @@
+"""The pretraining engine end to end on tiny fixture data (the smoke preset)."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from asit import pretrain as engine
+from asit.checkpoint import load_checkpoint
+from asit.config import PretrainConfig, get_preset, override
+from asit.features import FbankFrontend
+from layouts import write_bad_files, write_wav
+
+
+def write_clips(root, count=8, seconds=1.0):
+    """``count`` distinct tones under ``root/folder/`` (the ``folder`` data set's layout)."""
+    for i in range(count):
+        write_wav(root / "folder" / f"clip{i:02d}.wav", seconds, seed=i, freq=200.0 + 150.0 * i)
+    return root
+
+
+def smoke_config(tmp_path, **changes) -> PretrainConfig:
+    """The smoke preset on fixture clips in ``tmp_path/data``, writing under ``tmp_path/out``."""
+    data = tmp_path / "data"
+    if not (data / "folder").exists():
+        write_clips(data)
+    base = dict(datasets=["folder"], data_root=str(data), output_dir=str(tmp_path / "out"), resume="never")
+    return get_preset("smoke", **{**base, **changes})
+
+
+def test_config_round_trip_and_override(tmp_path):
+    cfg = get_preset("paper")
+    assert (cfg.model_size, cfg.num_frames, cfg.global_dim, cfg.local_dim) == ("base", 592, 8192, 1024)
+    assert (cfg.weight_global, cfg.weight_local, cfg.weight_reconstruction) == (1.0, 1.0, 2.0)
+    again = PretrainConfig.from_json(cfg.to_json(tmp_path / "config.json"))
+    assert again == cfg
+    changed = override(cfg, "epochs=3", "base_lr=1e-4", "use_local=false", "datasets=esc50,folder", "masking.align=patch")
+    assert (changed.epochs, changed.base_lr, changed.use_local, changed.datasets) == (3, 1e-4, False, ["esc50", "folder"])
+    assert changed.masking.align == "patch" and cfg.masking.align == "pixel"  # the original is untouched
+    with pytest.raises(ValueError, match="no_such_field"):
+        override(cfg, "no_such_field=1")
+    assert get_preset("smoke", epochs=5).epochs == 5
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    from asit.models import load_encoder
+
+    cfg = smoke_config(tmp_path)
+    result = engine.pretrain(cfg, progress=False)
+    assert len(result.history) == cfg.epochs
+    lines = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for line in lines:
+        for key in ("loss", "loss_global", "loss_local", "loss_reconstruction", "lr", "wd", "momentum", "teacher_temp", "time_s"):
+            assert math.isfinite(line[key]), key
+        assert line["skipped_files"] == 0 and line["skipped_steps"] == 0
+    assert lines[-1]["momentum"] == pytest.approx(1.0)  # the cosine ends at 1
+    assert json.loads((result.run_dir / "config.json").read_text())["preset"] == "smoke"
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["encoder_dir"] == str(result.encoder_dir)
+    encoder = load_encoder(result.encoder_dir)
+    # the saved encoder is the teacher's
+    state = load_checkpoint(result.run_dir / "checkpoint.pth", cfg)
+    teacher_encoder = {k[len("encoder."):]: v for k, v in state["teacher"].items() if k.startswith("encoder.")}
+    for name, value in encoder.state_dict().items():
+        if name in teacher_encoder:
+            torch.testing.assert_close(value, teacher_encoder[name])
+    x = torch.randn(2, 1, cfg.num_frames, 128)
+    assert encoder.forward_features(x).shape[0] == 2
+
+
+def _fixed_batch(cfg, clips=4, views=2):
+    torch.manual_seed(0)
+    frontend = FbankFrontend(cfg.num_frames, None)
+    t = torch.arange(frontend.num_samples) / 16000
+    freqs = torch.tensor([300.0, 700.0, 1500.0, 3000.0])[:clips, None]
+    waves = torch.sin(2 * math.pi * freqs * t) * (1 + 0.5 * torch.sin(2 * math.pi * 3 * t))  # (clips, S)
+    waves = waves[:, None].repeat(1, views, 1)
+    lengths = torch.full((clips, views), frontend.num_samples)
+    return waves, lengths
+
+
+def test_reconstruction_loss_falls_on_a_fixed_batch():
+    # constant lr 3e-4 (base_lr is scaled by batch / 256); step index 0 every time: same masks
+    cfg = get_preset("smoke", use_global=False, use_local=False, epochs=1, base_lr=3e-4 * 256 / 4, warmup_epochs=0,
+                     min_lr=3e-4, weight_decay=0.0, weight_decay_end=0.0, drop_path_rate=0.0)
+    state = engine.build_training(cfg, "cpu", stats=None, steps_per_epoch=20)
+    waves, lengths = _fixed_batch(cfg)
+    stats_frontend = FbankFrontend(cfg.num_frames, None)
+    raw = stats_frontend(waves[:, 0], lengths[:, 0])
+    from asit.audio import NormStats
+
+    state.frontend.stats = NormStats(float(raw.mean()), float(raw.std()))
+    losses = [engine.train_step(state, waves, lengths, 0)["reconstruction"].item() for _ in range(20)]
+    assert all(math.isfinite(v) for v in losses)
+    first, last = losses[0], sum(losses[-3:]) / 3
+    assert last < 0.85 * first, losses
+
+
+@pytest.mark.parametrize("switch", ["use_global", "use_local", "use_reconstruction"])
+def test_each_objective_switch_removes_its_loss(switch):
+    cfg = get_preset("smoke", **{switch: False})
+    state = engine.build_training(cfg, "cpu", stats=None, steps_per_epoch=4)
+    waves, lengths = _fixed_batch(cfg)
+    out = engine.train_step(state, waves, lengths, 0)
+    removed = {"use_global": "global", "use_local": "local", "use_reconstruction": "reconstruction"}[switch]
+    assert out[removed].item() == 0.0
+    for name in engine.LOSS_NAMES:
+        if name != removed:
+            assert out[name].item() > 0.0, name
+    expected = cfg.weight_global * out["global"] + cfg.weight_local * out["local"] + cfg.weight_reconstruction * out["reconstruction"]
+    torch.testing.assert_close(out["loss"], expected)
+    if switch == "use_reconstruction":  # no reconstruction head at all: nothing to train for it
+        assert state.student(torch.zeros(1, 1, cfg.num_frames, 128)).reconstruction is None
+
+
+def _nan_frontend(monkeypatch, bad_calls):
+    """Make the front end return NaN spectrograms on the given (0-based) calls."""
+    real = FbankFrontend.forward
+    calls = {"n": 0}
+
+    def forward(self, waves, lengths=None):
+        spec = real(self, waves, lengths)
+        calls["n"] += 1
+        return spec * float("nan") if calls["n"] - 1 in bad_calls else spec
+
+    monkeypatch.setattr(FbankFrontend, "forward", forward)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = smoke_config(tmp_path, epochs=3)  # 2 steps per epoch: calls 0-1 epoch 1, 2-3 epoch 2
+    _nan_frontend(monkeypatch, bad_calls={2, 3, 4, 5})
+    with pytest.raises(engine.NonFiniteLossError) as info:
+        engine.pretrain(cfg, progress=False)
+    message = str(info.value)
+    assert "NaN" in message and "step 2" in message and "checkpoint.pth" in message
+    run_dir = cfg.run_dir()
+    state = load_checkpoint(run_dir / "checkpoint.pth", cfg)
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 2)  # the end of epoch 1, the last good state
+    assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+    assert len((run_dir / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_skip_policy_drops_and_counts_bad_steps(tmp_path, monkeypatch):
+    cfg = smoke_config(tmp_path, nan_policy="skip")
+    _nan_frontend(monkeypatch, bad_calls={1})
+    result = engine.pretrain(cfg, progress=False)
+    assert result.summary["skipped_steps"] == 1
+    assert [h["skipped_steps"] for h in result.history] == [1, 1]
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    state = load_checkpoint(result.run_dir / "checkpoint.pth", cfg)
+    for key in ("student", "teacher", "losses"):
+        assert all(torch.isfinite(v).all() for v in state[key].values() if v.is_floating_point()), key
+
+
+def test_bad_files_are_skipped_and_reported(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_clips(data)
+    bad = write_bad_files(data / "folder" / "bad")
+    cfg = smoke_config(tmp_path, max_clips=0)
+    result = engine.pretrain(cfg, progress=False)
+    # "too long" is a good 3 s clip here (no max_seconds); every other kind is skipped
+    expected = len(bad) - 1
+    assert result.summary["skipped_files"] == expected
+    assert result.history[-1]["skipped_files"] == expected
+    assert "NaN/inf samples" in result.summary["skipped_kinds"]
+    assert f"skipped {expected} files" in capsys.readouterr().out
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+
+
+def test_knn_accuracy_on_separable_and_random_features():
+    from asit.knn import knn_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.nn.functional.normalize(torch.randn(3, 16, generator=generator), dim=1)
+    labels = torch.arange(60) % 3
+    feats = torch.nn.functional.normalize(centers[labels] + 0.05 * torch.randn(60, 16, generator=generator), dim=1)
+    assert knn_accuracy(feats[:45], labels[:45], feats[45:], labels[45:], k=5, num_classes=3) == 1.0
+    noise = torch.nn.functional.normalize(torch.randn(60, 16, generator=generator), dim=1)
+    assert knn_accuracy(noise[:45], labels[:45], noise[45:], labels[45:], k=5, num_classes=3) < 0.8
