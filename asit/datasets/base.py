@@ -572,16 +572,27 @@ def collate_clips(batch: list[dict]) -> dict:
         ``wave`` ``(B, S)`` or ``(B, V, S)``; ``length`` ``(B,)`` or ``(B, V)``; ``target``
         ``(B,)`` int64 or ``(B, C)`` float; ``index`` ``(B,)``; ``skipped``: every item's
         ``(path, problem)`` records, concatenated (found in the worker that built the batch).
+        Items of :class:`asit.fbank_cache.CachedFbankDataset` give ``fbank`` ``(B, T, F)`` and
+        ``frames`` in place of ``wave`` and ``length``.
     """
+    common = {
+        "target": torch.stack([item["target"] for item in batch]),
+        "index": torch.tensor([item["index"] for item in batch], dtype=torch.int64),
+        "skipped": [record for item in batch for record in item.get("skipped", [])],
+    }
+    if "fbank" in batch[0]:
+        return {
+            "fbank": torch.stack([item["fbank"] for item in batch]),
+            "frames": torch.stack([torch.as_tensor(item["frames"], dtype=torch.int64) for item in batch]),
+            **common,
+        }
     waves = [item["wave"] for item in batch]
     longest = max(w.shape[-1] for w in waves)
     waves = [torch.nn.functional.pad(w, (0, longest - w.shape[-1])) for w in waves]
     return {
         "wave": torch.stack(waves),
         "length": torch.stack([torch.as_tensor(item["length"], dtype=torch.int64) for item in batch]),
-        "target": torch.stack([item["target"] for item in batch]),
-        "index": torch.tensor([item["index"] for item in batch], dtype=torch.int64),
-        "skipped": [record for item in batch for record in item.get("skipped", [])],
+        **common,
     }
 
 
