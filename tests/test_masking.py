@@ -201,3 +201,19 @@ def test_reference_loop_agrees_in_distribution():
     assert (ref_f >= low).all() and (ref_f < high).all()
     assert abs(ref_f.mean() - vec_f.mean()) < 0.05
     assert (ref_c[ref_m] == 0).all() and torch.equal(ref_c[~ref_m], x[~ref_m])
+
+
+@pytest.mark.parametrize("align", ["pixel", "patch"])
+def test_sync_free_mode_keeps_the_fraction_bounds(align):
+    """The GPU path (fixed rounds, no host synchronisation) masks like the CPU path."""
+    from asit.masking import fraction_bounds, group_mask, masked_fraction
+
+    cfg = MaskingConfig(align=align)
+    x = torch.randn(64, 1, 96, 128)
+    low, high = fraction_bounds(cfg, 96, 128)
+    corrupted, mask = group_mask(x, cfg, torch.Generator().manual_seed(0), sync_free=True)
+    fraction = masked_fraction(mask)
+    assert (fraction >= low - 1e-9).all() and (fraction <= high + 1e-9).all()
+    assert torch.equal(corrupted[~mask], x[~mask]) and (corrupted[mask] == 0).all()
+    again = group_mask(x, cfg, torch.Generator().manual_seed(0), sync_free=True)[1]
+    assert torch.equal(mask, again)
