@@ -171,7 +171,7 @@ def collect_results(output_dir: str | Path) -> pd.DataFrame:
 def comparability_note(dataset: str, preset: str, paper: float | None) -> str:
     if paper is None or pd.isna(paper):
         return "no paper number recorded"
-    if dataset == "builtin":
+    if dataset == "builtin" or dataset.startswith("builtin-"):  # e.g. builtin-linear (a linear probe)
         return "not comparable: built-in synthetic data"
     if preset != "paper":
         return f"not comparable: '{preset}' preset is smaller than the paper's"

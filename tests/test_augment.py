@@ -1,0 +1,96 @@
+"""SpecAugment masks the right axes, mixup keeps the label mass, noise reaches the requested SNR."""
+
+import pytest
+import torch
+
+from asit.augment import BackgroundNoise, SpecAugment, mixup, snr_db
+
+
+def _masked(spec: torch.Tensor) -> torch.Tensor:
+    return spec == 0.0  # inputs below are all ones, masks fill with 0
+
+
+def test_frequency_mask_covers_whole_mel_columns():
+    torch.manual_seed(0)
+    spec = torch.ones(8, 1, 40, 16)  # (B, 1, T, F)
+    out = SpecAugment(freq_mask=6, time_mask=0).train()(spec)
+    masked = _masked(out)
+    assert masked.any()
+    for b in range(8):
+        columns = masked[b, 0].any(dim=0)  # which mel bins (dim -1) are touched
+        # a frequency mask blanks a mel bin at every time step
+        assert torch.equal(masked[b, 0][:, columns], torch.ones(40, int(columns.sum()), dtype=torch.bool))
+        assert columns.sum() <= 6
+    # masks are drawn per clip, not one for the whole batch
+    assert len({tuple(masked[b, 0, 0].tolist()) for b in range(8)}) > 1
+
+
+def test_time_mask_covers_whole_frames():
+    torch.manual_seed(1)
+    spec = torch.ones(8, 1, 40, 16)
+    out = SpecAugment(freq_mask=0, time_mask=10).train()(spec)
+    masked = _masked(out)
+    assert masked.any()
+    for b in range(8):
+        rows = masked[b, 0].any(dim=1)  # which frames (dim -2) are touched
+        assert torch.equal(masked[b, 0][rows], torch.ones(int(rows.sum()), 16, dtype=torch.bool))
+        assert rows.sum() <= 10
+
+
+def test_specaugment_is_identity_in_eval_mode():
+    spec = torch.randn(2, 1, 32, 16)
+    assert torch.equal(SpecAugment(8, 8).eval()(spec), spec)
+
+
+def test_mixup_keeps_label_mass_and_mixes_consistently():
+    g = torch.Generator().manual_seed(0)
+    batch, classes = 16, 5
+    labels = torch.arange(batch) % classes
+    targets = torch.nn.functional.one_hot(labels, classes).float()
+    spec = labels.float().view(batch, 1, 1, 1).expand(batch, 1, 4, 3).clone()  # clip i filled with its label
+    mixed_spec, mixed_targets = mixup(spec, targets, p=1.0, alpha=10.0, generator=g)
+    assert torch.allclose(mixed_targets.sum(dim=1), torch.ones(batch))  # every row still sums to 1
+    # the spectrogram is mixed with the same weights: its value is the expected label under the target
+    expected = (mixed_targets * torch.arange(classes).float()).sum(dim=1)
+    assert torch.allclose(mixed_spec[:, 0, 0, 0], expected, atol=1e-5)
+    assert not torch.equal(mixed_targets, targets)  # something was mixed
+    # p = 0 leaves everything as it was
+    same_spec, same_targets = mixup(spec, targets, p=0.0, generator=g)
+    assert torch.equal(same_spec, spec) and torch.equal(same_targets, targets)
+
+
+def test_mixup_with_probability_mixes_about_that_share():
+    g = torch.Generator().manual_seed(0)
+    targets = torch.eye(1000)  # every clip its own class, so any mix shows in the target
+    _, mixed = mixup(torch.zeros(1000, 1), targets, p=0.5, generator=g)
+    share = (mixed.max(dim=1).values < 1).float().mean().item()
+    assert 0.4 < share < 0.6
+
+
+def test_background_noise_reaches_requested_snr():
+    g = torch.Generator().manual_seed(0)
+    noises = [torch.randn(3000, generator=g), 0.1 * torch.randn(500, generator=g)]  # one shorter than a clip: tiled
+    augment = BackgroundNoise(noises, p=1.0).train()
+    waves = torch.zeros(4, 1600)
+    lengths = torch.tensor([1600, 1600, 1000, 800])
+    for b in range(4):
+        waves[b, : lengths[b]] = torch.sin(torch.arange(int(lengths[b])) * 0.05 * (b + 1))
+    snr = torch.tensor([0.0, 5.0, 10.0, 20.0])
+    noisy = augment(waves, lengths, generator=g, snr=snr)
+    for b in range(4):
+        n = int(lengths[b])
+        measured = snr_db(waves[b, :n], noisy[b, :n] - waves[b, :n])
+        assert measured.item() == pytest.approx(snr[b].item(), abs=1e-3)
+        assert torch.all(noisy[b, n:] == 0)  # padding stays silent
+    assert torch.equal(augment.eval()(waves, lengths), waves)
+
+
+def test_background_noise_from_folder(tmp_path):
+    import soundfile as sf
+
+    (tmp_path / "_background_noise_").mkdir()
+    sf.write(tmp_path / "_background_noise_" / "white.wav", torch.randn(8000).numpy() * 0.1, 8000)
+    augment = BackgroundNoise.from_folder(tmp_path / "_background_noise_", sample_rate=16000, p=1.0)
+    assert augment.num_recordings == 1 and augment.bank.numel() == 16000  # resampled 8 -> 16 kHz
+    out = augment.train()(torch.ones(2, 100))
+    assert not torch.equal(out, torch.ones(2, 100))
