@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -174,8 +175,16 @@ def load_audio(
         raise AudioError(path, f"contains {bad} NaN or infinite sample(s)")
     wave = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
     if source_rate != sample_rate:
-        wave = torchaudio.functional.resample(wave, source_rate, sample_rate)
+        with torch.no_grad():
+            wave = _resampler(source_rate, sample_rate)(wave)
     return wave.contiguous()
+
+
+@lru_cache(maxsize=16)
+def _resampler(source_rate: int, target_rate: int) -> torchaudio.transforms.Resample:
+    """torchaudio's resampler with its filter kernel computed once per rate pair (per process):
+    building the kernel costs about as much as applying it to a 10 s clip."""
+    return torchaudio.transforms.Resample(source_rate, target_rate)
 
 
 def prepare_wave(wave: torch.Tensor) -> torch.Tensor:

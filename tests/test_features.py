@@ -47,3 +47,15 @@ def test_frontend_without_stats_returns_raw_log_mel():
 def test_frontend_rejects_a_single_waveform():
     with pytest.raises(ValueError, match="batch, samples"):
         FbankFrontend(num_frames=10, stats=None)(torch.randn(2000))
+
+
+def test_large_cpu_batches_are_chunked_without_changing_the_result():
+    from asit.features import CPU_CHUNK
+
+    frontend = FbankFrontend(num_frames=30, stats=NormStats(mean=-5.0, std=4.0))
+    waves = torch.stack([prepare_wave(w) for w in torch.randn(CPU_CHUNK * 2 + 3, frontend.num_samples) * 0.1])
+    lengths = torch.full((waves.shape[0],), frontend.num_samples)
+    lengths[5] = 2000
+    out = frontend(waves, lengths)
+    one_by_one = torch.cat([frontend(w[None], n[None]) for w, n in zip(waves, lengths)])
+    torch.testing.assert_close(out, one_by_one, atol=1e-5, rtol=0)
