@@ -68,6 +68,7 @@ from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 from asit import __version__
 from asit.audio import DEFAULT_SAMPLE_RATE, NUM_MEL_BINS, NormStats
 from asit.augment import BackgroundNoise, SpecAugment, mixup
+from asit.fbank_cache import spectrograms
 from asit.features import FbankFrontend
 from asit.metrics import classification_metrics
 from asit.schedules import cosine_schedule
@@ -231,7 +232,7 @@ def same_architecture(task: TaskConfig, checkpoint: str | Path | None, output_di
     a checkpoint from elsewhere (another preset, a released model).
     """
     arch = encoder_architecture(checkpoint, output_dir, task)
-    if (arch["model_size"], arch["depth"]) != (task.model_size, encoder_architecture("none", output_dir, task)["depth"]):
+    if arch != encoder_architecture("none", output_dir, task):
         print(f"note: the random-init baseline takes the checkpoint's shape: ViT-{arch['model_size']}, {arch['depth']} blocks")
     return dataclasses.replace(task, **arch)
 
@@ -469,6 +470,64 @@ def build_loaders(datasets: dict[str, Any], task: TaskConfig, seed: int = 0, dev
     }
 
 
+def _clip_key(dataset, index: int) -> tuple[str, tuple[float, float]]:
+    """What identifies a clip across data sets: its file and, for a cut segment, (offset, duration)."""
+    return dataset.paths[index], tuple(dataset.segments.get(index, (-1.0, -1.0)))
+
+
+def _rewrap(data, base):
+    """``data``'s ``Subset`` wrapping, around ``base`` instead of the data set it wrapped."""
+    if isinstance(data, Subset):
+        return Subset(_rewrap(data.dataset, base), data.indices)
+    return base
+
+
+def cache_datasets(datasets: dict[str, Any], progress: bool = False) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The same splits, served from one on-disk fbank cache of all their clips (``cache_fbanks``).
+
+    The clips of every split are cached together, sorted by file, under
+    ``<data_dir>/cache/finetune/<name>-<hash>/``: every fold of ESC-50 (each fold's three splits
+    hold the same 2,000 clips) and every later run on the same files reuse one cache, which
+    :class:`asit.fbank_cache.FbankCache` rebuilds when a file changes. Crops, padding and the
+    random generator stay those of each split's data set (:class:`~asit.fbank_cache.CachedFbankDataset`).
+
+    Returns:
+        ``(datasets, skipped)``: the cached splits, and the ``(path, problem)`` of clips that failed
+        to decode while the cache was built (served by a neighbour, as without the cache).
+    """
+    import hashlib
+
+    from asit.datasets.base import AudioDataset
+    from asit.fbank_cache import CachedFbankDataset, FbankCache
+    from asit.session import data_dir
+
+    bases: list = []
+    for data in datasets.values():
+        base = base_dataset(data)
+        if not any(base is seen for seen in bases):
+            bases.append(base)
+    rates = {b.sample_rate for b in bases}
+    if len(rates) != 1:
+        raise ValueError(f"the splits are read at different sample rates {sorted(rates)}: one cache cannot serve them")
+    keys = sorted({_clip_key(b, i) for b in bases for i in range(len(b))})
+    position = {key: i for i, key in enumerate(keys)}
+    union = AudioDataset(
+        [path for path, _ in keys], [-1] * len(keys), [], name=f"{bases[0].name} (all splits)", split="all",
+        segments={i: seg for i, (_, seg) in enumerate(keys) if seg[0] >= 0}, sample_rate=rates.pop(),
+        max_seconds=bases[0].max_seconds, check_files=False,
+    )
+    digest = hashlib.sha1("\n".join(f"{p}|{seg}" for p, seg in keys).encode()).hexdigest()[:12]
+    directory = data_dir() / "cache" / "finetune" / f"{bases[0].name}-{union.sample_rate}-{digest}"
+    cache = FbankCache.build(union, directory, progress=progress)
+    cached = {}
+    for split, data in datasets.items():
+        base = base_dataset(data)
+        rows = np.array([position[_clip_key(base, i)] for i in range(len(base))])
+        view = FbankCache(cache.directory, cache.offsets[rows], cache.frames[rows], cache.fingerprint)
+        cached[split] = _rewrap(data, CachedFbankDataset(base, view))
+    return cached, list(union.skipped.records)
+
+
 def background_noise_for(task: TaskConfig, dataset) -> BackgroundNoise | None:
     """Speech Commands' ``_background_noise_`` recordings as a :class:`BackgroundNoise`, or None."""
     if task.background_noise <= 0:
@@ -580,8 +639,7 @@ def evaluate(
     frontend = frontend.to(device)
     scores, targets, indices = [], [], []
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        waves = batch["wave"].to(device, non_blocking=True)
-        spec = frontend(waves, batch["length"].to(device))
+        spec = spectrograms(batch, frontend)  # (B, 1, T, F), from waveforms or cached fbanks
         with _autocast(device):
             logits = model(spec)
         probs = torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), dim=-1)
@@ -614,8 +672,12 @@ def train_one_run(
     seed: int = 0,
     log_file: Path | None = None,
     label: str = "",
+    cache_fbanks: bool | None = None,
 ) -> dict[str, Any]:
     """Train on ``datasets["train"]``, keep the best epoch on ``datasets["val"]``, test once.
+
+    ``cache_fbanks`` serves the splits from the on-disk fbank cache (:func:`cache_datasets`);
+    ``None``: ``task.cache_fbanks is True``.
 
     Returns a dict with ``model`` (best weights loaded, on the device), ``test`` (the
     :func:`evaluate` output on the test split), ``val_metrics``, ``best_epoch``, ``history``,
@@ -646,6 +708,16 @@ def train_one_run(
     spec_augment = SpecAugment(task.freq_mask, task.time_mask).to(device)
     noise = background_noise_for(task, datasets["train"])
     noise = noise.to(device) if noise is not None else None
+    skipped: list = []
+    if cache_fbanks is None:
+        cache_fbanks = task.cache_fbanks is True
+    if cache_fbanks:
+        if noise is not None:
+            raise ValueError(
+                f"task {task.name}: cache_fbanks=True cannot mix background noise into waveforms (background_noise="
+                f"{task.background_noise}); set one of them off"
+            )
+        datasets, skipped = cache_datasets(datasets, progress=progress)
     loaders = build_loaders(datasets, task, seed, device)
 
     steps_per_epoch = len(loaders["train"])
@@ -659,7 +731,7 @@ def train_one_run(
     generator = torch.Generator().manual_seed(seed)
 
     best = {"value": -math.inf, "epoch": -1, "state": None, "metrics": None}
-    history, skipped = [], []
+    history = []
     step = 0
     for epoch in range(task.epochs):
         model.train()
@@ -675,11 +747,13 @@ def train_one_run(
             skipped += _skip_count(batch)
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[step])
-            waves = batch["wave"].to(device, non_blocking=True)  # (B, S)
-            lengths = batch["length"].to(device)
             if noise is not None:
-                waves = noise(waves, lengths, generator=generator)
-            spec = spec_augment(frontend(waves, lengths))  # (B, 1, T, F)
+                waves = batch["wave"].to(device, non_blocking=True)  # (B, S)
+                lengths = batch["length"].to(device)
+                spec = frontend(noise(waves, lengths, generator=generator), lengths)
+            else:
+                spec = spectrograms(batch, frontend)  # (B, 1, T, F), from waveforms or cached fbanks
+            spec = spec_augment(spec)
             targets = _soft_targets(batch["target"].to(device), num_classes, multilabel)  # (B, C)
             if task.mixup > 0:
                 spec, targets = mixup(spec, targets, task.mixup, task.mixup_alpha, generator=generator)
@@ -693,8 +767,8 @@ def train_one_run(
             optimizer.step()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {batch_index}: lower the lr or enable grad_clip")
-            total_loss += loss.item() * len(waves)
-            seen += len(waves)
+            total_loss += loss.item() * len(targets)
+            seen += len(targets)
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[step - 1]:.2e}")
             bar.update()
@@ -749,6 +823,7 @@ def finetune(
     seed: int = 0,
     write_result: bool = True,
     baseline_metrics: dict[str, float] | None = None,
+    baseline_encoder: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or linearly probe) an encoder on a task and report its test metrics.
 
@@ -768,6 +843,8 @@ def finetune(
         write_result: write the result JSON, the epoch log and the classifier (off for a
             throw-away comparison run).
         baseline_metrics: the random-init run's metrics under the same budget, stored beside ours.
+        baseline_encoder: that run's ``encoder`` description (kind, size, depth), stored too; a
+            warning says so when its shape differs from ours (the comparison is then not fair).
 
     Returns:
         ``{"metrics", "per_fold", "predictions": {"scores", "targets"}, "classes", "history",
@@ -802,6 +879,9 @@ def finetune(
         if len(present) < 2:
             raise ValueError(f"ESC-50 cross-validation needs at least 2 folds; the data holds {present}")
 
+    if task.cache_fbanks not in (True, False, "builtin"):
+        raise ValueError(f"cache_fbanks must be True, False or 'builtin', got {task.cache_fbanks!r}")
+    use_cache = task.cache_fbanks is True or (task.cache_fbanks == "builtin" and data_root is None)
     runs, per_fold, classifier_paths = [], [], []
     for fold in folds:
         label = f"fold {fold}: " if fold is not None else ""
@@ -813,7 +893,7 @@ def finetune(
                 if data_root is not None:
                     warnings.warn(note, stacklevel=2)
                 print(("warning: " if data_root is not None else "note: ") + note)
-        run = train_one_run(task, datasets, checkpoint, mode, output_dir, device, progress, seed, log_file, label)
+        run = train_one_run(task, datasets, checkpoint, mode, output_dir, device, progress, seed, log_file, label, use_cache)
         runs.append(run)
         fold_metrics = {"fold": fold, "best_epoch": run["best_epoch"], **run["test"]["metrics"],
                         **{f"val_{k}": v for k, v in run["val_metrics"].items()}}
@@ -853,6 +933,13 @@ def finetune(
         "classifier_paths": classifier_paths,
         "model": runs[-1]["model"],
     }
+    if baseline_encoder is not None:
+        shape = (baseline_encoder.get("model_size"), baseline_encoder.get("depth"))
+        if shape != (encoder_info["model_size"], encoder_info["depth"]):
+            message = (f"the random-init baseline (ViT-{shape[0]}, {shape[1]} blocks) does not have this encoder's shape "
+                       f"(ViT-{encoder_info['model_size']}, {encoder_info['depth']} blocks): the comparison is not like for like")
+            warnings.warn(message, stacklevel=2)
+            notes.append(message)
     if write_result:
         from asit.results import write_run_result
 
@@ -862,6 +949,7 @@ def finetune(
             device=describe_environment(device), seconds=round(seconds, 1), notes=notes,
             mode=mode, encoder=encoder_info, per_fold=per_fold, classifier_paths=classifier_paths,
             data_root=str(data_root) if data_root else None, seed=seed,
+            baseline_encoder=baseline_encoder,
         )
         result["result_path"] = str(path)
     if progress:
@@ -941,6 +1029,9 @@ __all__ = [
     "build_datasets",
     "build_encoder",
     "build_loaders",
+    "cache_datasets",
+    "encoder_architecture",
+    "same_architecture",
     "evaluate",
     "finetune",
     "find_pretrained_encoder",

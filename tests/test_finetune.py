@@ -4,6 +4,7 @@ Every run uses the ``smoke`` preset: a tiny ViT, 64-128 frames, one epoch of two
 tests check that the pipeline runs and reports what it should, not that it learns.
 """
 
+import dataclasses
 import json
 import os
 import warnings
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from asit import models
+from asit.config import get_preset
 from asit.finetune import (
     AudioClassifier,
     build_datasets,
@@ -20,8 +22,10 @@ from asit.finetune import (
     finetune,
     load_classifier,
     resolve_checkpoint,
+    same_architecture,
     subset_paths,
 )
+from asit.session import PRESETS
 from asit.tasks import TASKS, get_task
 from layouts import write_audioset, write_esc50, write_speech_commands, write_voxceleb1
 
@@ -46,7 +50,7 @@ def tiny_encoder_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     torch.manual_seed(0)
     directory = out / "pretrain" / "smoke" / "encoder"
-    models.save_encoder(models.create_encoder("tiny", 96), directory, {"preset": "smoke"})
+    models.save_encoder(models.create_encoder("tiny", 96, depth=3), directory, {"preset": "smoke"})
     return directory
 
 
@@ -108,19 +112,67 @@ def test_checkpoint_auto_picks_the_newest_encoder(tmp_path):
     assert resolve_checkpoint("auto", tmp_path) == ("pretrained", tmp_path / "pretrain" / "new" / "encoder")
 
 
-def test_checkpoint_auto_falls_back_to_random_with_a_warning(tmp_path, capsys):
-    with pytest.warns(UserWarning, match="RANDOM initialisation"):
+def test_checkpoint_auto_prefers_the_task_presets_own_encoder(tmp_path):
+    for name, mtime in (("cpu", 1_000_000), ("smoke", 2_000_000)):  # a newer smoke run must not stand in for cpu
+        directory = tmp_path / "pretrain" / name / "encoder"
+        models.save_encoder(models.create_encoder("tiny", 64, depth=1), directory, {})
+        os.utime(directory / "model.safetensors", (mtime, mtime))
+    assert find_pretrained_encoder(tmp_path, "cpu") == tmp_path / "pretrain" / "cpu" / "encoder"
+    assert find_pretrained_encoder(tmp_path, "gpu") == tmp_path / "pretrain" / "smoke" / "encoder"  # none of its own: newest
+
+
+def test_checkpoint_auto_falls_back_to_random_with_one_warning(tmp_path, capsys):
+    with pytest.warns(UserWarning, match="RANDOM initialisation") as caught:
         assert resolve_checkpoint("auto", tmp_path) == ("random", None)
-    assert "warning" in capsys.readouterr().out
+    assert len(caught) == 1 and capsys.readouterr().out == ""  # said once (a notebook showed it twice)
     assert resolve_checkpoint("none", tmp_path) == ("random", None)
     with pytest.raises(FileNotFoundError):
         resolve_checkpoint(tmp_path / "missing", tmp_path)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_random_init_has_the_shape_of_the_presets_pretrained_encoder(preset):
+    """The "same budget" baseline is only fair if it is the same network: size and depth follow the
+    pretraining preset of the same name, read when the task is made."""
+    pretraining = get_preset(preset)
+    for name in TASKS:
+        task = get_task(name, preset)
+        assert (task.model_size, task.depth) == (pretraining.model_size, pretraining.depth)
+    if preset not in ("smoke", "cpu"):
+        return  # ViT-S / ViT-B: the fields are compared; the networks are built for the small presets
+    from asit.pretrain import build_student
+
+    student = build_student(pretraining).encoder  # the network the pretraining preset trains and saves
+    task = get_task("esc50", preset, num_frames=pretraining.num_frames)
+    random_init, info = build_encoder(task, "none", output_dir="unused")
+    assert info["depth"] == len(student.blocks) and info["model_size"] == pretraining.model_size
+    assert {k: v.shape for k, v in random_init.state_dict().items()} == {k: v.shape for k, v in student.state_dict().items()}
+
+
+def test_random_init_follows_a_retuned_pretraining_preset(monkeypatch, tmp_path):
+    import asit.config
+
+    original = asit.config.get_preset
+    monkeypatch.setattr(asit.config, "get_preset", lambda name, **kw: original(name, **{**kw, "depth": 3}))
+    task = get_task("ks2", "cpu")
+    assert task.depth == 3
+    with pytest.warns(UserWarning, match="RANDOM"):  # "auto" with nothing to find: the same shape
+        encoder, info = build_encoder(task, "auto", output_dir=tmp_path)
+    assert len(encoder.blocks) == 3 and info == {"kind": "random", "path": None, "model_size": "tiny", "depth": 3}
+
+
+def test_baseline_takes_the_checkpoints_shape(tiny_encoder_dir):
+    task = get_task("ks2", "smoke")
+    assert task.depth == get_preset("smoke").depth != 3
+    baseline = same_architecture(task, tiny_encoder_dir, "unused")
+    assert (baseline.model_size, baseline.depth) == ("tiny", 3)
+    assert same_architecture(task, "none", "unused") == task
+
+
 def test_encoder_saved_at_96_frames_loads_into_a_128_frame_task(tiny_encoder_dir):
     task = get_task("ks2", "smoke", num_frames=128)
     encoder, info = build_encoder(task, tiny_encoder_dir, output_dir="unused")
-    assert info["kind"] == "pretrained" and info["model_size"] == "tiny"
+    assert info["kind"] == "pretrained" and info["model_size"] == "tiny" and info["depth"] == 3
     assert encoder.pos_embed.shape[1] == 1 + (128 // 16) * (128 // 16)
     original = models.load_encoder(tiny_encoder_dir)  # at its own 96 frames
     assert original.pos_embed.shape[1] == 1 + (96 // 16) * 8
@@ -141,7 +193,7 @@ def test_speech_commands_v2_from_a_pretrained_encoder(tmp_path, tiny_encoder_dir
     assert 0 <= record["metrics"]["accuracy"] <= 100
     model, config = load_classifier(result["classifier_paths"][0])
     assert config["classes"] == sorted(words) and config["num_frames"] == task.num_frames
-    assert isinstance(model, AudioClassifier)
+    assert isinstance(model, AudioClassifier) and config["depth"] == len(model.encoder.blocks) == 3
 
 
 def test_speech_commands_v1_twelve_classes(tmp_path):
@@ -200,6 +252,23 @@ def test_fine_tuning_changes_the_encoder(tmp_path, esc50_root, tiny_encoder_dir)
     assert not torch.equal(result["model"].encoder.blocks[0].attn.qkv.weight, original.blocks[0].attn.qkv.weight)
 
 
+def test_cached_fbanks_match_the_waveform_path(tmp_path, esc50_root, monkeypatch):
+    monkeypatch.setenv("ASIT_DATA_DIR", str(tmp_path / "data"))
+    task = get_task("esc50", "smoke", folds=(1, 2), max_train_items=None, max_eval_items=None, freq_mask=0, time_mask=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        plain = finetune(task, "fixture", esc50_root, checkpoint="none", output_dir=tmp_path, device="cpu", progress=False, write_result=False)
+        cached = finetune(dataclasses.replace(task, cache_fbanks=True), "fixture", esc50_root, checkpoint="none",
+                          output_dir=tmp_path, device="cpu", progress=False, write_result=False)
+    caches = list((tmp_path / "data" / "cache" / "finetune").iterdir())
+    assert len(caches) == 1  # one cache of all clips, shared by both folds
+    torch.testing.assert_close(torch.as_tensor(cached["predictions"]["scores"]), torch.as_tensor(plain["predictions"]["scores"]), atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="background"):
+        finetune(dataclasses.replace(get_task("ks2", "smoke"), cache_fbanks=True, background_noise=0.5), "fixture",
+                 write_speech_commands(tmp_path / "sc", version=2, words=("yes", "no"), speakers=4),
+                 checkpoint="none", output_dir=tmp_path, device="cpu", progress=False, write_result=False)
+
+
 def test_cli_runs(tmp_path, esc50_root):
     from asit.finetune import main
 
@@ -219,7 +288,9 @@ def test_imagenet_initialisation(tmp_path):
     imagenet = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000)
     path = tmp_path / "vit_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in imagenet.state_dict().items()}, str(path))
-    encoder, info = build_encoder(get_task("ks2", "smoke"), f"imagenet:{path}", output_dir=tmp_path)
-    assert info["kind"] == "imagenet"
+    task = get_task("ks2", "smoke")  # the smoke preset's shallow ViT-Ti: the first blocks of the ImageNet ViT
+    encoder, info = build_encoder(task, f"imagenet:{path}", output_dir=tmp_path)
+    assert info["kind"] == "imagenet" and info["depth"] == len(encoder.blocks) == (task.depth or 12)
     torch.testing.assert_close(encoder.patch_embed.proj.weight, imagenet.patch_embed.proj.weight.sum(dim=1, keepdim=True))
-    torch.testing.assert_close(encoder.blocks[3].mlp.fc1.weight, imagenet.blocks[3].mlp.fc1.weight)
+    last = len(encoder.blocks) - 1
+    torch.testing.assert_close(encoder.blocks[last].mlp.fc1.weight, imagenet.blocks[last].mlp.fc1.weight)
