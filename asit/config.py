@@ -3,9 +3,10 @@
 Presets (``get_preset(name, **overrides)``):
 
 - ``smoke``: the tests; seconds. A tiny ViT on 64-frame crops of a handful of clips.
-- ``cpu``:   a laptop; minutes. Tiny ViT on short crops of the built-in pool, enough to see the
-  reconstruction loss fall and the k-NN monitor beat a randomly initialised encoder.
-- ``gpu``:   a Colab T4; about an hour. ViT-S on 6 s crops of the built-in pool.
+- ``cpu``:   a laptop; minutes. A 4-block ViT-Ti on 0.96 s crops of the built-in pool, enough to
+  see the reconstruction loss fall and to compare the k-NN accuracy with a randomly initialised
+  encoder.
+- ``gpu``:   a Colab T4; under an hour (estimated, not measured). ViT-S on 6 s crops of the built-in pool.
 - ``paper``: ViT-B on AudioSet-2M with the settings of the authors' released pretraining code
   (see ``/work/shared/reference/asit-method.md``, "Optimisation (pretraining)").
 
@@ -51,11 +52,15 @@ class PretrainConfig:
     drop_path_rate: float = 0.1  # stochastic depth in the student only (the teacher has none)
     global_dim: int = 8192  # class-token head output (prototypes); paper 8192. Fewer for small data
     local_dim: int = 1024  # patch-token head output; 1024 earlier revision, 8192 later one
+    head_hidden_dim: int = 2048  # projection head MLP width (paper 2048, as DINO). For a tiny ViT on
+    # short crops the 2048-wide MLP costs more than the encoder; the CPU presets shrink it
+    head_bottleneck_dim: int = 256  # projection head output before the prototypes (paper 256)
 
     # ---------------------------------------------------------------- data
     datasets: list[str] = field(default_factory=list)  # [] = the built-in unlabelled pool
     # (asit.datasets.pretraining_pool's default); or names such as ["audioset"]
-    data_root: str = ""  # "" = the built-in copies under data/builtin; else the official layout's root
+    data_root: str = ""  # "" = the built-in copies under data/builtin; else a folder holding each named data
+    # set in a subfolder named as the built-in ones, or (one data set) the unpacked data set itself
     max_clips: int = 0  # 0 = every clip; >0 keeps the first N (smoke tests, quick looks)
     batch_size: int = 32  # clips per process per step; global batch = batch_size x processes
     # (the released command: 32 per GPU on 4 GPUs; the later one 20). Halve it on out-of-memory.
@@ -106,6 +111,8 @@ class PretrainConfig:
     knn_dataset: str = "esc50"  # a labelled data set for the monitor (built-in copy unless knn_data_root)
     knn_data_root: str = ""  # "" = built-in
     knn_max_clips: int = 0  # cap on clips per split for the monitor (0 = all)
+    knn_clip_frames: int = 0  # 0: each clip's first num_frames; >0: its first knn_clip_frames cut into
+    # windows of num_frames, class tokens averaged (short pretraining crops see the whole 5 s event)
     knn_k: int = 20  # neighbours (DINO's 20)
     knn_temperature: float = 0.07  # weight exp(sim / T) (DINO's 0.07)
     nan_policy: str = "stop"  # non-finite loss: "stop" (keep the last good checkpoint, say where) or
@@ -169,6 +176,7 @@ MAY_CHANGE_ON_RESUME = (
     "knn_dataset",
     "knn_data_root",
     "knn_max_clips",
+    "knn_clip_frames",
     "knn_k",
     "knn_temperature",
     "nan_policy",
@@ -185,9 +193,12 @@ def _smoke() -> PretrainConfig:
     return PretrainConfig(
         preset="smoke",
         model_size="tiny",
+        depth=2,  # seconds on a CPU: the tests and nbval run every notebook on this preset
         num_frames=64,  # 0.64 s: 4 x 8 patches
         global_dim=256,
         local_dim=64,
+        head_hidden_dim=128,
+        head_bottleneck_dim=64,
         max_clips=8,
         batch_size=4,
         num_workers=0,
@@ -197,36 +208,46 @@ def _smoke() -> PretrainConfig:
         momentum_teacher=0.99,
         local_crop_frames=32,
         masking=MaskingConfig(),
-        knn_every=0,
-        knn_max_clips=16,
+        knn_every=0,  # off (the unit tests run without the built-in data); notebook 04 turns it on
+        knn_max_clips=16,  # 16 + 16 clips when on: exercises the path, the numbers mean nothing
         log_every=1,
         save_every_steps=0,
     )
 
 
 def _cpu() -> PretrainConfig:
+    # Sized for notebook 04 on a 2-core laptop: about 170 steps, a few minutes (see its timings).
     return PretrainConfig(
         preset="cpu",
         model_size="tiny",
-        num_frames=128,  # 1.28 s crops: 8 x 8 patches
-        global_dim=1024,
+        depth=4,  # 4 of ViT-Ti's 12 blocks: 1.8 M encoder parameters
+        num_frames=96,  # 0.96 s crops (a spoken word, an event's onset): 6 x 8 patches
+        global_dim=512,
         local_dim=256,
-        max_clips=256,  # a quarter of the built-in pool: 16 steps per epoch
+        head_hidden_dim=512,  # the paper's 2048-wide head would cost more than this encoder
+        head_bottleneck_dim=128,
+        max_clips=0,  # the whole built-in pool (678 clips): 42 steps per epoch
         batch_size=16,
-        num_workers=1,
-        epochs=5,
-        base_lr=1e-3,  # few steps: a larger lr than the paper's (scaled by 16/256 anyway)
+        num_workers=1,  # decoding is cheap next to the step; a second worker only competes for the 2 cores
+        epochs=4,
+        base_lr=5e-3,  # peak lr 3.1e-4 after the 16/256 scaling: few steps, small data
         warmup_epochs=1,
         warmup_teacher_temp_epochs=2,
-        momentum_teacher=0.99,
-        local_crop_frames=64,
-        knn_every=5,  # once, at the end
-        knn_max_clips=200,
-        log_every=5,
+        momentum_teacher=0.95,  # 168 steps: at 0.99 the teacher would still be ~40 % its random init
+        local_crop_frames=48,
+        knn_every=4,  # once, at the end (plus the random-init baseline)
+        knn_max_clips=0,  # ESC-50-like events, fold 1: 160 labelled clips, 40 queries
+        knn_clip_frames=480,  # the 5 s clips as 5 windows of 96 frames
+        knn_k=10,  # 16 labelled clips per class: DINO's k = 20 would outvote every class
+        log_every=3,
     )
 
 
 def _gpu() -> PretrainConfig:
+    # Not measured here (no GPU in the session that set it): an estimate for a Colab T4, fp16.
+    # ViT-S on 6 s crops, 64 spectrograms of 296 tokens per step, 21 steps per epoch on the
+    # built-in pool: 2,100 steps, expected well under an hour including the k-NN monitor.
+    # Lower `epochs` if Colab's session limit is near; the schedules follow the paper's proportions.
     return PretrainConfig(
         preset="gpu",
         model_size="small",
@@ -235,11 +256,11 @@ def _gpu() -> PretrainConfig:
         local_dim=1024,
         batch_size=32,
         num_workers=2,  # Colab gives 2 vCPUs
-        epochs=40,
-        warmup_epochs=4,
-        warmup_teacher_temp_epochs=10,
+        epochs=100,
+        warmup_epochs=10,
+        warmup_teacher_temp_epochs=30,
         momentum_teacher=0.99,
-        knn_every=5,
+        knn_every=10,
         log_every=20,
     )
 
@@ -262,6 +283,22 @@ def get_preset(name: str, **overrides: Any) -> PretrainConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[name]()
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+# The pretraining-strategies ablation (notebook 05): every variant of a preset gets this same
+# budget, smaller than the preset's own run so that eight variants fit where one run did.
+ABLATION_BUDGET: dict[str, dict[str, Any]] = {
+    "smoke": dict(epochs=1, knn_every=1),  # 2 steps per variant: tests the notebook, shows nothing
+    "cpu": dict(depth=2, num_frames=64, local_crop_frames=32, epochs=2, warmup_epochs=0.5, momentum_teacher=0.9,
+                warmup_teacher_temp_epochs=1, knn_every=2, knn_clip_frames=448, save_every=0, log_every=21),  # 84 steps
+    "gpu": dict(epochs=20, warmup_epochs=2, warmup_teacher_temp_epochs=6, knn_every=20, save_every=0),
+    "paper": dict(epochs=10, warmup_epochs=1, warmup_teacher_temp_epochs=3, knn_every=10, save_every=0),
+}
+
+
+def ablation_preset(name: str, **overrides: Any) -> PretrainConfig:
+    """Preset ``name`` at the ablation budget (:data:`ABLATION_BUDGET`), with ``overrides`` on top."""
+    return get_preset(name, **{**ABLATION_BUDGET[name], **overrides})
 
 
 def _convert(text: str, current: Any, name: str) -> Any:
@@ -315,4 +352,4 @@ def override(cfg: PretrainConfig, *assignments: str) -> PretrainConfig:
     return cfg
 
 
-__all__ = ["PretrainConfig", "PRESETS", "MAY_CHANGE_ON_RESUME", "get_preset", "override"]
+__all__ = ["PretrainConfig", "PRESETS", "ABLATION_BUDGET", "MAY_CHANGE_ON_RESUME", "ablation_preset", "get_preset", "override"]

@@ -8,11 +8,17 @@ pretraining and to compare pretraining strategies.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+# The split each labelled data set's k-NN uses as its memory bank (the clips with known labels);
+# the queries are always the "test" split. ESC-50's "trainval" is the four training folds of fold 1.
+BANK_SPLITS = {"esc50": "trainval"}
 
 
 @torch.no_grad()
@@ -21,8 +27,13 @@ def extract_features(
     frontend: nn.Module,
     loader: Iterable[dict],
     device: torch.device | str = "cpu",
+    window: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-token features of every clip in ``loader``, L2-normalised, on the CPU.
+
+    ``window > 0``: the spectrogram is cut into consecutive windows of ``window`` frames (the
+    encoder's pretraining length) and the class tokens of the windows that hold audio are averaged:
+    the whole clip is described, not only its first second.
 
     Args:
         encoder: a timm ViT (``forward_features`` returns ``(B, 1 + N, D)`` tokens, the class token
@@ -44,11 +55,21 @@ def extract_features(
         if waves.dim() == 3:  # (B, V, S): several views per clip, use the first
             waves, lengths = waves[:, 0], lengths[:, 0] if lengths.dim() == 2 else lengths
         spec = frontend(waves, lengths)  # (B, 1, T, F)
+        B, _, T, Fq = spec.shape
+        n = T // window if window and T >= 2 * window else 1
+        if n > 1:
+            spec = spec[:, :, : n * window].reshape(B, 1, n, window, Fq).transpose(1, 2).reshape(B * n, 1, window, Fq)
         if hasattr(encoder, "forward_features"):
-            tokens = encoder.forward_features(spec)  # (B, 1 + N, D)
+            tokens = encoder.forward_features(spec)  # (B*n, 1 + N, D)
             cls = tokens[:, 0] if tokens.dim() == 3 else tokens
         else:
             cls = encoder(spec)
+        if n > 1:  # mean over the windows that start inside the clip
+            hop = getattr(frontend, "sample_rate", 16_000) // 100
+            starts = torch.arange(n, device=lengths.device) * window * hop  # (n,) first sample of each window
+            holds = (starts[None, :] < lengths.reshape(B, 1)).float()  # (B, n)
+            holds[:, 0] = 1.0
+            cls = (cls.float().reshape(B, n, -1) * holds[..., None].to(cls.device)).sum(1) / holds.sum(1, keepdim=True).to(cls.device)
         feats.append(F.normalize(cls.float(), dim=-1).cpu())
         labels.append(torch.as_tensor(batch["target"]).long().cpu())
     encoder.train(was_training)
@@ -98,4 +119,97 @@ def knn_accuracy(
     return (scores.argmax(dim=1) == test_labels).float().mean().item()
 
 
-__all__ = ["extract_features", "knn_predict", "knn_accuracy"]
+def labelled_loader(
+    name: str,
+    split: str,
+    num_frames: int,
+    data_root: str | Path | None = None,
+    max_clips: int = 0,
+    batch_size: int = 32,
+    sample_rate: int = 16_000,
+) -> DataLoader:
+    """Deterministic clips of a labelled data set for k-NN: crops from the start, no shuffling.
+
+    ``max_clips > 0`` keeps that many clips evenly spread over the split (every class stays present).
+    """
+    from asit.datasets import collate_clips, get_dataset
+
+    dataset = get_dataset(name, split, data_root=data_root or None, num_frames=num_frames, random_crop=False, sample_rate=sample_rate)
+    if max_clips and max_clips < len(dataset):
+        step = len(dataset) / max_clips
+        dataset = Subset(dataset, [int(i * step) for i in range(max_clips)])
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_clips)
+
+
+_BATCHES: dict[tuple, list[dict]] = {}  # decoded k-NN clips, reused by the probes of one process
+_CACHE_SIZE = 4
+
+
+def _cached_batches(name: str, split: str, **options) -> list[dict]:
+    """The batches of :func:`labelled_loader`, decoded once per process (an ablation builds one probe
+    per run: the same clips every time). Deterministic loaders, so reuse changes no number."""
+    key = (name, split, *sorted((k, str(v)) for k, v in options.items()))
+    if key not in _BATCHES:
+        if len(_BATCHES) >= _CACHE_SIZE:
+            _BATCHES.pop(next(iter(_BATCHES)))
+        _BATCHES[key] = list(labelled_loader(name, split, **options))
+    return _BATCHES[key]
+
+
+class KnnProbe:
+    """The k-NN evaluation of frozen encoders on one labelled data set, one split, one front end.
+
+    ``clip_frames > 0`` describes each clip by its first ``clip_frames`` frames, cut into windows of
+    the front end's length (the encoder's input), class tokens averaged (see :func:`extract_features`);
+    0 uses one window from the start of each clip.
+
+    The bank (``BANK_SPLITS``, else "train") and the queries ("test") are loaded once and kept as
+    waveforms, so several encoders (pretrained, randomly initialised, ablation variants) are compared
+    on exactly the same clips, crops and spectrograms::
+
+        probe = KnnProbe("esc50", frontend)
+        probe.accuracy(encoder)          # percent
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        frontend: nn.Module,
+        data_root: str | Path | None = None,
+        max_clips: int = 0,
+        k: int = 20,
+        temperature: float = 0.07,
+        batch_size: int = 32,
+        device: torch.device | str = "cpu",
+        clip_frames: int = 0,
+    ):
+        self.dataset, self.k, self.temperature = dataset, k, temperature
+        self.device = torch.device(device)
+        self.window = frontend.num_frames  # the encoder's input length
+        self.windows = max(1, clip_frames // self.window)
+        sample_rate = getattr(frontend, "sample_rate", 16_000)
+        # the same normalisation as the given front end, over `windows` consecutive windows
+        self.frontend = type(frontend)(self.windows * self.window, frontend.stats, sample_rate=sample_rate).to(self.device)
+        self.bank_split = BANK_SPLITS.get(dataset, "train")
+        common = dict(num_frames=self.windows * self.window, data_root=data_root, max_clips=max_clips, batch_size=batch_size, sample_rate=sample_rate)
+        self.batches = {split: _cached_batches(dataset, split, **common) for split in (self.bank_split, "test")}
+        self.num_classes = int(max(int(b["target"].max()) for batches in self.batches.values() for b in batches)) + 1
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """(bank clips, query clips)."""
+        return tuple(sum(len(b["target"]) for b in self.batches[s]) for s in (self.bank_split, "test"))
+
+    def features(self, encoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(bank_x, bank_y, query_x, query_y)``: L2-normalised class tokens and labels."""
+        bank = extract_features(encoder, self.frontend, self.batches[self.bank_split], self.device, self.window)
+        query = extract_features(encoder, self.frontend, self.batches["test"], self.device, self.window)
+        return (*bank, *query)
+
+    def accuracy(self, encoder: nn.Module) -> float:
+        """Top-1 k-NN accuracy of ``encoder``'s class token on the queries, in percent."""
+        bank_x, bank_y, query_x, query_y = self.features(encoder)
+        return 100.0 * knn_accuracy(bank_x, bank_y, query_x, query_y, k=self.k, num_classes=self.num_classes, temperature=self.temperature)
+
+
+__all__ = ["BANK_SPLITS", "KnnProbe", "extract_features", "knn_predict", "knn_accuracy", "labelled_loader"]

@@ -33,7 +33,6 @@ inside the losses, and only rank 0 writes logs, checkpoints and the encoder.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -56,6 +55,7 @@ from asit.config import MAY_CHANGE_ON_RESUME, PretrainConfig, get_preset, overri
 from asit.features import FbankFrontend
 from asit.schedules import cosine_schedule
 from asit.session import pick_device
+from asit.teacher import ema_update_, make_teacher
 
 LOSS_NAMES = ("global", "local", "reconstruction")
 
@@ -167,9 +167,16 @@ def build_pretraining_data(cfg: PretrainConfig) -> Dataset:
     from asit.datasets import pretraining_pool
 
     names = {"names": tuple(cfg.datasets)} if cfg.datasets else {}  # default: every built-in data set
+    data_root: Any = cfg.data_root or None
+    if data_root and len(cfg.datasets) == 1:
+        from asit.datasets import BUILTIN_FOLDERS
+
+        name = cfg.datasets[0]
+        if not (Path(data_root) / BUILTIN_FOLDERS.get(name, name)).is_dir():
+            data_root = {name: data_root}  # one data set: data_root is its own unpacked root
     dataset = pretraining_pool(
         **names,
-        data_root=cfg.data_root or None,
+        data_root=data_root,
         num_frames=cfg.num_frames,
         random_crop=True,
         roll_prob=cfg.roll_prob,
@@ -270,6 +277,42 @@ def _make_losses(cfg: PretrainConfig) -> nn.ModuleDict:
     )
 
 
+def build_student(cfg: PretrainConfig) -> nn.Module:
+    """The ASiT student of ``cfg`` with its initial weights (seeded by ``cfg.seed``, on the CPU)."""
+    from asit.models import build_asit
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        student = build_asit(
+            cfg.model_size,
+            num_frames=cfg.num_frames,
+            global_dim=cfg.global_dim,
+            local_dim=cfg.local_dim,
+            drop_path_rate=cfg.drop_path_rate,
+            with_reconstruction=cfg.use_reconstruction,
+            **({"depth": cfg.depth} if cfg.depth else {}),
+        )
+        if (cfg.head_hidden_dim, cfg.head_bottleneck_dim) != (2048, 256):  # build_asit makes the paper's head
+            from asit.heads import ProjectionHead
+
+            student.projection = ProjectionHead(
+                student.encoder.embed_dim, hidden_dim=cfg.head_hidden_dim, bottleneck_dim=cfg.head_bottleneck_dim,
+                global_dim=cfg.global_dim, local_dim=cfg.local_dim,
+            )
+    return student
+
+
+def initial_encoder(cfg: PretrainConfig) -> nn.Module:
+    """The encoder exactly as the run of ``cfg`` starts it: the "random init" baseline.
+
+    Same architecture, same seed, same weights as the student (and the teacher) before step 1, so
+    a k-NN comparison against it measures what pretraining added and nothing else.
+    """
+    encoder = build_student(cfg).encoder
+    encoder.eval()
+    return encoder
+
+
 def build_training(
     cfg: PretrainConfig,
     device: torch.device | str,
@@ -282,26 +325,11 @@ def build_training(
     Usable alone (benchmarks, notebooks): ``state = build_training(cfg, "cuda", stats)`` then
     ``train_step(state, waves, lengths, it)`` on tensors already on the device.
     """
-    from asit.models import build_asit
-
     device = torch.device(device)
     dist_info = dist_info or DistInfo()
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    student = build_asit(
-        cfg.model_size,
-        num_frames=cfg.num_frames,
-        global_dim=cfg.global_dim,
-        local_dim=cfg.local_dim,
-        drop_path_rate=cfg.drop_path_rate,
-        with_reconstruction=cfg.use_reconstruction,
-        **({"depth": cfg.depth} if cfg.depth else {}),
-    ).to(device)
-    teacher = copy.deepcopy(student)  # DINO: the teacher starts as the student, then follows its EMA
-    for module in teacher.modules():  # no stochastic depth in the teacher
-        if hasattr(module, "drop_prob"):
-            module.drop_prob = 0.0
-    teacher.eval()
-    teacher.requires_grad_(False)
+    student = build_student(cfg).to(device)  # seeded: identical initial weights on every rank
+    torch.manual_seed(cfg.seed)
+    teacher = make_teacher(student)  # DINO: starts as the student, then follows its EMA
     if cfg.grad_checkpointing:
         student.set_grad_checkpointing(True)
     model: nn.Module = student
@@ -485,10 +513,7 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
         for buffer, before in zip(state.losses.buffers(), centers):
             buffer.copy_(torch.where(finite, buffer, before))
         momentum = float(state.momentum[min(it, len(state.momentum) - 1)])
-        student_params = [p for p in state.student.parameters()]
-        teacher_params = [p for p in state.teacher.parameters()]
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
+        ema_update_(state.teacher, state.student, momentum)
         state.bad_steps += (~finite).long()
         state.first_bad_step.copy_(
             torch.where((~finite) & (state.first_bad_step < 0), torch.tensor(it, device=device), state.first_bad_step)
@@ -566,27 +591,23 @@ def _all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def _knn_monitor(state: TrainState, cfg: PretrainConfig) -> float | None:
-    """Weighted k-NN accuracy of the teacher's class token on a labelled built-in set."""
-    from asit.datasets import get_dataset
-    from asit.knn import extract_features, knn_accuracy
+def _knn_probe(state: TrainState, cfg: PretrainConfig):
+    """The k-NN monitor's labelled clips (``cfg.knn_dataset``), seen through the run's own front end
+    (the pool's normalisation, the pretraining crop length), so that every encoder compared on it
+    (the teacher at each measured epoch, the random init) gets the same inputs."""
+    from asit.knn import KnnProbe
 
-    def loader(split: str):
-        dataset = get_dataset(cfg.knn_dataset, split, data_root=cfg.knn_data_root or None, num_frames=cfg.num_frames, random_crop=False)
-        if cfg.knn_max_clips and cfg.knn_max_clips < len(dataset):
-            step = len(dataset) / cfg.knn_max_clips  # spread over the set, so every class is present
-            dataset = Subset(dataset, [int(i * step) for i in range(cfg.knn_max_clips)])
-        return DataLoader(dataset, batch_size=max(cfg.batch_size, 8), num_workers=0, collate_fn=_collate()), dataset
-
-    train_loader, train_set = loader("train")
-    test_loader, _ = loader("test")
-    stats = getattr(getattr(train_set, "dataset", train_set), "stats", None)
-    frontend = FbankFrontend(cfg.num_frames, stats, sample_rate=cfg.sample_rate).to(state.device)
-    encoder = state.teacher.encoder
-    train_x, train_y = extract_features(encoder, frontend, train_loader, state.device)
-    test_x, test_y = extract_features(encoder, frontend, test_loader, state.device)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    return knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k, num_classes=num_classes, temperature=cfg.knn_temperature)
+    return KnnProbe(
+        cfg.knn_dataset,
+        state.frontend,
+        data_root=cfg.knn_data_root or None,
+        max_clips=cfg.knn_max_clips,
+        k=cfg.knn_k,
+        temperature=cfg.knn_temperature,
+        batch_size=max(cfg.batch_size, 8),
+        device=state.device,
+        clip_frames=cfg.knn_clip_frames,
+    )
 
 
 def _teacher_temperature(state: TrainState, epoch: int) -> float | None:
@@ -617,6 +638,19 @@ def _save_encoder(state: TrainState, cfg: PretrainConfig, run_dir: Path, extra: 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     """Pretrain ASiT per ``cfg``; resume from ``<run_dir>/checkpoint.pth`` when ``cfg.resume == "auto"``.
+
+    ``resume="auto"``: a checkpoint in the run folder written under compatible settings (every field
+    equal except :data:`asit.config.MAY_CHANGE_ON_RESUME`) is continued, a finished one is reused
+    (nothing to train; the summary is rewritten) and ``epochs`` may grow; one written under other
+    settings raises :class:`asit.checkpoint.CheckpointMismatch` naming each differing field, never
+    silently reused. ``resume="never"`` starts over (the folder's logs and summary are replaced).
+
+    Writes ``<run_dir>/``: ``config.json``, ``log.jsonl`` (one line per epoch: mean losses, lr, wd,
+    momentum, teacher temperature, time, ``knn_accuracy`` in percent where measured),
+    ``steps.jsonl`` (every ``log_every`` steps: that step's losses), checkpoints, ``encoder/`` (the
+    teacher's) and ``summary.json`` (``epochs``, ``final_loss``, first and final losses per objective,
+    ``knn_accuracy`` and ``knn_accuracy_random_init`` in percent: the final teacher and the same
+    encoder at its initial weights, on the same clips through the same front end).
 
     Returns the per-epoch history, the run directory and the saved teacher encoder's directory.
     Raises :class:`NonFiniteLossError` when the loss is NaN / infinite and ``nan_policy="stop"``
@@ -669,8 +703,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
             print(f"resuming {run_dir} from {resume_path.name}: epoch {start_epoch}, step {start_step}", flush=True)
     if info.is_main:
         cfg.to_json(run_dir / "config.json")
-        if not history and (run_dir / "log.jsonl").exists():
-            (run_dir / "log.jsonl").unlink()  # a fresh run replaces an old log
+        if not history:  # a fresh run replaces an old run's logs
+            for name in ("log.jsonl", "steps.jsonl", "summary.json"):
+                (run_dir / name).unlink(missing_ok=True)
 
     def save(epoch: int, step_in_epoch: int, numbered: bool) -> None:
         check_finite(epoch, step_in_epoch)
@@ -702,6 +737,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
         )
 
     encoder_dir = run_dir / "encoder"
+    probe = None  # the k-NN monitor's clips, loaded at its first use
     started = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.time()
@@ -724,6 +760,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
             done = step_in_epoch + 1
             if done % cfg.log_every == 0 or done == steps_per_epoch:
                 check_finite(epoch, done)
+                if info.is_main:  # this step's losses (one step, not a mean): the curves' detail
+                    point = {"step": it + 1, "epoch": epoch + (done / steps_per_epoch),
+                             **{key: float(out[key]) for key in ("loss", *LOSS_NAMES)}, "lr": float(state.lr[it])}
+                    with open(run_dir / "steps.jsonl", "a") as steps_log:
+                        steps_log.write(json.dumps(point) + "\n")
                 if bar is not None:
                     bar.set_postfix(loss=f"{out['loss'].item():.4f}", lr=f"{state.lr[it]:.2e}")
             if bar is not None:
@@ -757,7 +798,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
         }
         is_last = epoch + 1 == cfg.epochs
         if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or is_last) and info.is_main:
-            record["knn_acc"] = _knn_monitor(state, cfg)
+            probe = probe or _knn_probe(state, cfg)
+            record["knn_accuracy"] = probe.accuracy(state.teacher.encoder)  # percent
         history.append(record)
         sums.zero_()
         start_step = 0
@@ -765,19 +807,39 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
             with open(run_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             if progress:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss") or k == "knn_acc")
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss") or k == "knn_accuracy")
                 print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
         if is_last or (cfg.save_every and (epoch + 1) % cfg.save_every == 0):
             save(epoch, steps_per_epoch, numbered=True)
             if info.is_main:
                 encoder_dir = _save_encoder(state, cfg, run_dir, {"epoch": epoch + 1})
 
+    # k-NN of the final teacher against the same architecture at its initial weights (the run's own
+    # starting point), on the same clips through the same front end: what pretraining added.
+    knn_final = next((h["knn_accuracy"] for h in reversed(history) if "knn_accuracy" in h), None)
+    knn_random = None
+    if cfg.knn_every and info.is_main and history:
+        probe = probe or _knn_probe(state, cfg)
+        knn_random = probe.accuracy(initial_encoder(cfg).to(device))
+        if knn_final is None:  # a run resumed after its last epoch: measure the teacher now
+            knn_final = probe.accuracy(state.teacher.encoder)
+    final = history[-1] if history else {}
     summary = {
         "preset": cfg.preset,
         "run_dir": str(run_dir),
         "encoder_dir": str(encoder_dir),
         "epochs": cfg.epochs,
-        "final": history[-1] if history else {},
+        "steps": sum(h.get("steps", 0) for h in history),
+        "final_loss": final.get("loss"),
+        "final_losses": {name: final.get(f"loss_{name}") for name in LOSS_NAMES},
+        "first_losses": {name: history[0].get(f"loss_{name}") for name in LOSS_NAMES} if history else {},
+        "knn_accuracy": knn_final,  # percent, the teacher's class token (None: monitor off)
+        "knn_accuracy_random_init": knn_random,  # percent, the same encoder before training
+        "knn_dataset": cfg.knn_dataset if cfg.knn_every else None,
+        "knn_clips": list(probe.sizes) if probe is not None else None,  # (bank, queries)
+        "knn_k": cfg.knn_k,
+        "train_time_s": round(sum(h.get("time_s", 0.0) for h in history), 3),  # every epoch, resumed or not
+        "final": final,
         "skipped_files": len(skipped),
         "skipped_kinds": dict(skipped.counts),
         "skipped": [list(record) for record in skipped.records],
@@ -791,6 +853,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
         if not encoder_dir.exists() and history:
             encoder_dir = _save_encoder(state, cfg, run_dir, {"epoch": len(history)})
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if progress and knn_final is not None:
+            shown = "-" if knn_random is None else f"{knn_random:.1f}%"
+            print(f"k-NN accuracy on {cfg.knn_dataset}: pretrained {knn_final:.1f}%, random init {shown}", flush=True)
         if progress or summary["skipped_files"]:
             if summary["skipped_files"]:
                 print(skipped.summary() + "; see summary.json for each file and why", flush=True)

@@ -144,7 +144,7 @@ def collect_results(output_dir: str | Path) -> pd.DataFrame:
     """Every downstream result JSON under ``output_dir`` as one row each."""
     rows = []
     for path in sorted(Path(output_dir).glob("*/*__*.json")):
-        if path.parent.name in ("pretrain", "benchmarks", "executed"):
+        if path.parent.name in ("pretrain", "pretrain_strategies", "benchmarks", "executed"):
             continue
         try:
             record = json.loads(path.read_text())

@@ -180,3 +180,44 @@ def test_knn_accuracy_on_separable_and_random_features():
     assert knn_accuracy(feats[:45], labels[:45], feats[45:], labels[45:], k=5, num_classes=3) == 1.0
     noise = torch.nn.functional.normalize(torch.randn(60, 16, generator=generator), dim=1)
     assert knn_accuracy(noise[:45], labels[:45], noise[45:], labels[45:], k=5, num_classes=3) < 0.8
+
+
+def test_knn_monitor_compares_with_the_same_encoder_at_init(tmp_path):
+    from layouts import write_esc50
+
+    write_esc50(tmp_path / "esc", num_classes=3, clips_per_fold=2)
+    cfg = smoke_config(tmp_path, knn_every=2, knn_dataset="esc50", knn_data_root=str(tmp_path / "esc"), knn_k=3, knn_max_clips=0)
+    result = engine.pretrain(cfg, progress=False)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    for key in ("knn_accuracy", "knn_accuracy_random_init"):
+        assert 0.0 <= summary[key] <= 100.0, key  # percent
+    assert summary["knn_clips"] == [24, 6]  # ESC-50 fold 1: the four training folds vs fold 1
+    assert summary["knn_accuracy"] == result.history[-1]["knn_accuracy"]
+    assert summary["epochs"] == cfg.epochs and math.isfinite(summary["final_loss"])
+    # the random-init baseline is the run's own starting point
+    initial = engine.initial_encoder(cfg).state_dict()
+    fresh = engine.build_training(cfg, "cpu", None, 1).teacher.encoder.state_dict()
+    for name, value in fresh.items():
+        torch.testing.assert_close(initial[name], value)
+    assert (result.run_dir / "steps.jsonl").read_text().count("\n") == cfg.epochs * 2  # log_every 1, 2 steps per epoch
+
+
+def test_knn_features_average_the_windows_that_hold_audio():
+    from asit.knn import extract_features
+
+    class MeanOverTime(torch.nn.Module):
+        def forward(self, spec):  # (B, 1, T, F) -> (B, F)
+            return spec.mean(dim=(1, 2))
+
+    frontend = FbankFrontend(64, None)  # two windows of 32 frames
+    generator = torch.Generator().manual_seed(0)
+    waves = torch.randn(2, frontend.num_samples, generator=generator)
+    lengths = torch.tensor([frontend.num_samples, 4000])  # the second clip ends inside the first window
+    batch = {"wave": waves, "length": lengths, "target": torch.tensor([0, 1])}
+    feats, labels = extract_features(MeanOverTime(), frontend, [batch], window=32)
+    spec = frontend(waves, lengths)
+    whole = torch.nn.functional.normalize(spec[0, 0].mean(0), dim=0)  # two equal windows: the mean of both
+    first = torch.nn.functional.normalize(spec[1, 0, :32].mean(0), dim=0)  # only the window with audio
+    torch.testing.assert_close(feats[0], whole)
+    torch.testing.assert_close(feats[1], first)
+    assert labels.tolist() == [0, 1]
