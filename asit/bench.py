@@ -210,12 +210,6 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: in
     return min(times)
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if not numerator or not denominator:
-        return None
-    return numerator / denominator
-
-
 def _round(value: float | None, digits: int = 4) -> float | None:
     if value is None:
         return None

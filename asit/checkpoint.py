@@ -22,10 +22,8 @@ allow-list their classes; the loader falls back to ``weights_only=False`` only w
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,6 +31,7 @@ from typing import Any, Iterable
 import torch
 
 import asit
+from asit.atomic import atomic_write, fsync_dir
 
 LATEST = "checkpoint.pth"
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
@@ -55,48 +54,16 @@ class CheckpointMismatch(ValueError):
         )
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open a directory; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """``torch.save`` to ``path`` atomically (see :mod:`asit.atomic`)."""
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(target) as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out)
 
 
 def _config_dict(config: Any) -> dict:
@@ -147,7 +114,7 @@ def save_checkpoint(
     latest = atomic_save(payload, run_dir / LATEST)
     if epoch is not None:
         _atomic_copy(latest, run_dir / f"checkpoint-{epoch:04d}.pth")
-        _fsync_dir(run_dir)
+        fsync_dir(run_dir)
         if keep_last > 0:
             for _, old in numbered_checkpoints(run_dir)[:-keep_last]:
                 old.unlink(missing_ok=True)

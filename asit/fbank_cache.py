@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from asit.audio import NUM_MEL_BINS, AudioError, frames_for_samples, kaldi_fbank
+from asit.atomic import atomic_write
+from asit.audio import NUM_MEL_BINS, AudioError, kaldi_fbank
 from asit.features import FbankFrontend
 
 CACHE_VERSION = 1
@@ -89,12 +90,12 @@ class FbankCache:
         if not fbanks:
             raise RuntimeError(f"no clip of {getattr(dataset, 'name', 'the data set')} could be cached")
         values = np.concatenate(fbanks)
-        temporary = directory / "fbank.tmp.npy"
-        np.save(temporary, values)
-        os.replace(temporary, directory / "fbank.npy")  # the index is written last: a half cache never looks whole
+        with atomic_write(directory / "fbank.npy") as handle:
+            np.save(handle, values)
+        # The index is written last: a half-built cache never looks whole.
         index = {"fingerprint": fingerprint, "offsets": offsets, "frames": frames, "clips": len(offsets), "rows": total}
-        (directory / "index.tmp.json").write_text(json.dumps(index))
-        os.replace(directory / "index.tmp.json", index_file)
+        with atomic_write(index_file, "w") as handle:
+            handle.write(json.dumps(index))
         return cls(directory, np.asarray(offsets), np.asarray(frames), fingerprint)
 
 
@@ -169,4 +170,4 @@ def spectrograms(batch: dict, frontend: FbankFrontend) -> torch.Tensor:
     return fbank.unsqueeze(1)
 
 
-__all__ = ["FbankCache", "CachedFbankDataset", "spectrograms", "frames_for_samples"]
+__all__ = ["FbankCache", "CachedFbankDataset", "spectrograms"]

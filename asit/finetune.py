@@ -84,6 +84,8 @@ OFFICIAL_FOLDS = (1, 2, 3, 4, 5)
 
 # Width of a ViT per size name (the models module's sizes).
 _SIZE_BY_WIDTH = {192: "tiny", 384: "small", 768: "base"}
+# Steps between reads of the running loss: the only host-device synchronisation inside an epoch.
+LOG_EVERY = 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -661,6 +663,16 @@ def evaluate(
     }
 
 
+def _finite_mean_loss(running: torch.Tensor, seen: int, epoch: int, step: int) -> float:
+    """The epoch's mean training loss so far; stops the run on a NaN or infinite loss (``step``: steps done)."""
+    total = running.item()
+    if not math.isfinite(total):
+        raise FloatingPointError(
+            f"non-finite training loss in epoch {epoch + 1}, by step {step}: lower the lr or enable grad_clip"
+        )
+    return total / max(seen, 1)
+
+
 def train_one_run(
     task: TaskConfig,
     datasets: dict[str, Any],
@@ -738,7 +750,8 @@ def train_one_run(
         spec_augment.train()
         if noise is not None:
             noise.train()
-        total_loss, seen = 0.0, 0
+        running = torch.zeros((), device=device)  # sum of loss x clips, kept on the device
+        seen = 0
         started = time.time()
         bar = tqdm(total=steps_per_epoch, desc=f"{label}epoch {epoch + 1}/{task.epochs}", disable=not progress, leave=False)
         for batch_index, batch in enumerate(loaders["train"]):
@@ -765,20 +778,21 @@ def train_one_run(
             if task.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
             optimizer.step()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {batch_index}: lower the lr or enable grad_clip")
-            total_loss += loss.item() * len(targets)
+            running += loss.detach() * len(targets)
             seen += len(targets)
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[step - 1]:.2e}")
+            if (batch_index + 1) % LOG_EVERY == 0:
+                mean_loss = _finite_mean_loss(running, seen, epoch, step)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lrs[step - 1]:.2e}")
             bar.update()
         bar.close()
+        train_loss = _finite_mean_loss(running, seen, epoch, step)
         val = evaluate(model, loaders["val"], frontend, device, multilabel, description="validation")
         value = val["metrics"][task.metric]
         value = -math.inf if math.isnan(value) else value
         record = {
             "epoch": epoch + 1,
-            "train_loss": total_loss / max(seen, 1),
+            "train_loss": train_loss,
             **{f"val_{k}": v for k, v in val["metrics"].items()},
             "lr": float(lrs[step - 1]) if step else peak_lr,
             "seconds": round(time.time() - started, 2),

@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from asit.atomic import atomic_write
+
 # Reported results (ViT-B, AudioSet pretraining, fine-tuned), as quoted in later literature's
 # comparison tables; see shared/reference/asit-method.md. ``None``: not reported there. ASiT's
 # VoxCeleb1 accuracy is not recorded in our reference, so it stays empty rather than invented.
@@ -126,9 +128,8 @@ def write_run_result(
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **_jsonable(extra),
     }
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    temporary.replace(path)
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
     return path
 
 

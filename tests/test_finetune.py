@@ -294,3 +294,14 @@ def test_imagenet_initialisation(tmp_path):
     torch.testing.assert_close(encoder.patch_embed.proj.weight, imagenet.patch_embed.proj.weight.sum(dim=1, keepdim=True))
     last = len(encoder.blocks) - 1
     torch.testing.assert_close(encoder.blocks[last].mlp.fc1.weight, imagenet.blocks[last].mlp.fc1.weight)
+
+
+def test_a_non_finite_loss_stops_fine_tuning_with_a_clear_message(tmp_path, monkeypatch):
+    """The loss stays on the device between reads; a NaN is still caught, by the epoch's end at the latest."""
+    import asit.finetune as engine
+
+    real = engine.spectrograms
+    monkeypatch.setattr(engine, "spectrograms", lambda batch, frontend: real(batch, frontend) * float("nan"))
+    root = write_esc50(tmp_path / "esc50", num_classes=2, clips_per_fold=2, seconds=0.4)
+    with pytest.raises(FloatingPointError, match="non-finite training loss in epoch 1"):
+        finetune(get_task("esc50", "smoke"), "fixture", root, checkpoint="none", output_dir=tmp_path, device="cpu", progress=False)
