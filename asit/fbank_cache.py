@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from asit.atomic import atomic_write
-from asit.audio import NUM_MEL_BINS, AudioError, kaldi_fbank
+from asit.audio import NUM_MEL_BINS, AudioError, hop_length, kaldi_fbank, window_length
 from asit.features import FbankFrontend
 
 CACHE_VERSION = 1
@@ -103,14 +103,12 @@ class CachedFbankDataset(Dataset):
     """``dataset``'s items with cached fbank crops in place of waveforms.
 
     Crops, rolls and views follow ``dataset``'s options (``num_frames``, ``random_crop``,
-    ``roll_prob``, ``num_views``) and use its random generator. Items: ``fbank`` float32 ``(T, F)``
-    or ``(V, T, F)`` (raw log-mel, zero-padded past the clip), ``frames`` (valid frames), ``target``,
-    ``index``, ``skipped``.
+    ``roll_prob``, ``num_views``) and use its random generator; ``num_frames=None`` serves whole
+    clips (evaluation in windows). Items: ``fbank`` float32 ``(T, F)`` or ``(V, T, F)`` (raw
+    log-mel, zero-padded past the clip), ``frames`` (valid frames), ``target``, ``index``, ``skipped``.
     """
 
     def __init__(self, dataset, cache: FbankCache):
-        if dataset.num_frames is None:
-            raise ValueError("a cached data set needs num_frames (the crop length)")
         self.dataset = dataset
         self.cache = cache
         self._values: np.ndarray | None = None
@@ -127,6 +125,8 @@ class CachedFbankDataset(Dataset):
         dataset, size, total = self.dataset, self.dataset.num_frames, fbank.shape[0]
         if dataset.roll_prob > 0 and torch.rand((), generator=dataset.generator()).item() < dataset.roll_prob:
             fbank = torch.roll(fbank, dataset._randint(2 * total + 1) - total, dims=0)
+        if size is None:
+            return fbank, total
         if total <= size:
             return torch.nn.functional.pad(fbank, (0, 0, 0, size - total)), total
         start = dataset._randint(total - size + 1) if dataset.random_crop else 0
@@ -170,4 +170,13 @@ def spectrograms(batch: dict, frontend: FbankFrontend) -> torch.Tensor:
     return fbank.unsqueeze(1)
 
 
-__all__ = ["FbankCache", "CachedFbankDataset", "spectrograms"]
+def valid_frames(batch: dict, sample_rate: int) -> torch.Tensor:
+    """``(B,)`` fbank frames that hold audio in each clip of a batch (the rest is padding)."""
+    if "frames" in batch:
+        return batch["frames"]
+    lengths = batch["length"]
+    win, hop = window_length(sample_rate), hop_length(sample_rate)
+    return torch.where(lengths >= win, 1 + (lengths - win).div(hop, rounding_mode="floor"), 0)
+
+
+__all__ = ["FbankCache", "CachedFbankDataset", "spectrograms", "valid_frames"]

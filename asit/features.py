@@ -25,6 +25,7 @@ from asit.audio import (
     hop_length,
     samples_for_frames,
     window_length,
+    window_starts,
 )
 
 PREEMPHASIS = 0.97  # Kaldi's default
@@ -91,12 +92,13 @@ class FbankFrontend(nn.Module):
     Args:
         num_frames: output frame count; waveforms are expected to hold
             ``samples_for_frames(num_frames)`` samples (what the data sets' crop produces).
+            ``None``: every frame the batch's waveforms give (whole clips, for evaluation).
         stats: normalisation statistics; ``None`` returns the raw log-mel values.
     """
 
     def __init__(
         self,
-        num_frames: int,
+        num_frames: int | None,
         stats: NormStats | None,
         sample_rate: int = DEFAULT_SAMPLE_RATE,
         num_mel_bins: int = NUM_MEL_BINS,
@@ -111,6 +113,8 @@ class FbankFrontend(nn.Module):
     @property
     def num_samples(self) -> int:
         """Waveform length that yields exactly ``num_frames`` frames."""
+        if self.num_frames is None:
+            raise ValueError("this front end takes whole clips (num_frames=None): it has no fixed input length")
         return samples_for_frames(self.num_frames, self.sample_rate)
 
     @torch.no_grad()
@@ -123,14 +127,15 @@ class FbankFrontend(nn.Module):
         else:
             fbank = batched_kaldi_fbank(waves, self.sample_rate, self.num_mel_bins, self.filters)
         frames = fbank.shape[1]
-        if frames < self.num_frames:
-            fbank = torch.nn.functional.pad(fbank, (0, 0, 0, self.num_frames - frames))
-        fbank = fbank[:, : self.num_frames]
+        num_frames = frames if self.num_frames is None else self.num_frames
+        if frames < num_frames:
+            fbank = torch.nn.functional.pad(fbank, (0, 0, 0, num_frames - frames))
+        fbank = fbank[:, :num_frames]
         if lengths is not None:
             win, hop = window_length(self.sample_rate), hop_length(self.sample_rate)
             lengths = lengths.to(fbank.device)
             valid = torch.where(lengths >= win, 1 + (lengths - win).div(hop, rounding_mode="floor"), 0)
-            keep = torch.arange(self.num_frames, device=fbank.device)[None, :] < valid[:, None]
+            keep = torch.arange(num_frames, device=fbank.device)[None, :] < valid[:, None]
             fbank = fbank * keep[..., None]
         if self.stats is not None:
             fbank = (fbank - self.stats.mean) / (2 * self.stats.std)
@@ -140,4 +145,37 @@ class FbankFrontend(nn.Module):
         return f"num_frames={self.num_frames}, sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, stats={self.stats}"
 
 
-__all__ = ["FbankFrontend", "batched_kaldi_fbank", "mel_filterbank", "frames_for_samples", "samples_for_frames"]
+def clip_windows(
+    spec: torch.Tensor, frames: torch.Tensor, window: int, pad_value: float = 0.0, overlap: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut whole-clip spectrograms into model inputs of ``window`` frames, as :mod:`asit.predict` does.
+
+    Each clip gets the windows of :func:`asit.audio.window_starts` over its ``frames`` valid
+    frames (50 % overlap, the last one ending at the clip's end); a clip shorter than ``window``
+    gets one window, padded past the clip's end.
+
+    Args:
+        spec: ``(B, 1, T, F)`` normalised spectrograms of whole clips, padded to the longest.
+        frames: ``(B,)`` valid frames per clip.
+        pad_value: the value of a padding frame (a zero log-mel after normalisation, as in
+            training: :func:`padding_value`), used when even the longest clip is shorter than ``window``.
+
+    Returns:
+        ``windows`` ``(W, 1, window, F)`` and ``owner`` ``(W,)``: the clip (row of ``spec``) of each window.
+    """
+    if spec.shape[2] < window:
+        spec = torch.nn.functional.pad(spec, (0, 0, 0, window - spec.shape[2]), value=pad_value)
+    pieces, owner = [], []
+    for row, count in enumerate(frames.tolist()):
+        for start in window_starts(max(int(count), 1), window, hop=1, overlap=overlap):
+            pieces.append(spec[row, :, start : start + window])
+            owner.append(row)
+    return torch.stack(pieces), torch.tensor(owner, dtype=torch.int64, device=spec.device)
+
+
+def padding_value(stats: NormStats | None) -> float:
+    """What a padding frame (zero log-mel) becomes after normalisation with ``stats``."""
+    return 0.0 if stats is None else -stats.mean / (2 * stats.std)
+
+
+__all__ = ["FbankFrontend", "clip_windows", "padding_value", "batched_kaldi_fbank", "mel_filterbank", "frames_for_samples", "samples_for_frames"]

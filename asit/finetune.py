@@ -29,7 +29,9 @@ One run, step by step:
 5. **Model choice and numbers**: evaluation on the validation split after every epoch; the best
    epoch's weights (by the task's metric on validation only) are restored and evaluated once on
    the test split. ESC-50 repeats this for every fold present and reports the mean accuracy and
-   its standard deviation over folds.
+   its standard deviation over folds. Evaluation hears each whole clip (``eval_windows``, the
+   default): a clip longer than the model's input is scored in windows of that length with 50 %
+   overlap, and its scores are the mean over its windows, as :mod:`asit.predict` scores a file.
 
 ``mode="linear"`` is a linear probe: the encoder is frozen (eval mode, no gradient, dropout and
 stochastic depth off) and only a linear layer on its **class token** (after the encoder's final
@@ -68,8 +70,8 @@ from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 from asit import __version__
 from asit.audio import DEFAULT_SAMPLE_RATE, NUM_MEL_BINS, NormStats
 from asit.augment import BackgroundNoise, SpecAugment, mixup
-from asit.fbank_cache import spectrograms
-from asit.features import FbankFrontend
+from asit.fbank_cache import spectrograms, valid_frames
+from asit.features import FbankFrontend, clip_windows, padding_value
 from asit.metrics import classification_metrics
 from asit.schedules import cosine_schedule
 from asit.session import describe_environment, pick_device, seed_everything
@@ -416,25 +418,27 @@ def build_datasets(
 
     The validation set is the task's ``val_split`` (ESC-50: a held-out training fold; Speech
     Commands: the official validation list; VoxCeleb1: iden_split 2), or, when ``val_split`` is
-    None (AudioSet), a stratified, seeded ``val_fraction`` of the training split. Validation and
-    test crops are deterministic (the clip's start); training crops are random.
+    None (AudioSet), a stratified, seeded ``val_fraction`` of the training split. Training crops
+    are random; validation and test clips are whole (``task.eval_windows``, scored in windows by
+    :func:`evaluate`) or one crop from the clip's start.
     """
     from asit.datasets import get_dataset
 
     extra = {"fold": fold} if fold is not None else {}
     kwargs = _dataset_kwargs(task, seed)
+    eval_kwargs = {**kwargs, "num_frames": None} if task.eval_windows else kwargs  # whole clips
     train_split, val_split = task.train_split, task.val_split
     if task.dataset == "esc50" and fold is not None and len(esc50_folds_present(data_root)) < 3:
         # Two folds: test on one, hold a validation part out of the other (no fold to spare).
         train_split, val_split = "trainval", None
     train = get_dataset(task.dataset, train_split, data_root, random_crop=task.random_crop, **extra, **kwargs)
     if val_split is not None:
-        val = get_dataset(task.dataset, val_split, data_root, random_crop=False, **extra, **kwargs)
+        val = get_dataset(task.dataset, val_split, data_root, random_crop=False, **extra, **eval_kwargs)
     else:
-        fixed = get_dataset(task.dataset, train_split, data_root, random_crop=False, **extra, **kwargs)
+        fixed = get_dataset(task.dataset, train_split, data_root, random_crop=False, **extra, **eval_kwargs)
         train_idx, val_idx = _holdout(train, task.val_fraction, seed)
         train, val = Subset(train, train_idx), Subset(fixed, val_idx)
-    test = get_dataset(task.dataset, task.test_split, data_root, random_crop=False, **extra, **kwargs)
+    test = get_dataset(task.dataset, task.test_split, data_root, random_crop=False, **extra, **eval_kwargs)
     return {
         "train": _cap(train, task.max_train_items, seed),
         "val": _cap(val, task.max_eval_items, seed + 1),
@@ -626,8 +630,14 @@ def evaluate(
     multilabel: bool = False,
     progress: bool = False,
     description: str = "eval",
+    window_frames: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores of every clip of ``loader``.
+
+    ``window_frames=None`` scores each item as it comes (a crop of the model's input length).
+    With ``window_frames``, the loader serves whole clips: each is cut into windows of that many
+    frames (:func:`asit.features.clip_windows`: 50 % overlap, the last ending at the clip's end)
+    and its scores are the mean of its windows' scores, as :mod:`asit.predict` scores a file.
 
     Returns:
         ``{"scores": (N, C) probabilities (softmax, or sigmoid if multilabel), "targets": (N,) class
@@ -639,12 +649,21 @@ def evaluate(
     device = torch.device(device)
     model.eval()
     frontend = frontend.to(device)
+    if window_frames is not None:  # the same front end, keeping every frame of the clips
+        frontend = FbankFrontend(None, frontend.stats, frontend.sample_rate, frontend.num_mel_bins).to(device)
     scores, targets, indices = [], [], []
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
         spec = spectrograms(batch, frontend)  # (B, 1, T, F), from waveforms or cached fbanks
-        with _autocast(device):
-            logits = model(spec)
-        probs = torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), dim=-1)
+        if window_frames is None:
+            probs = _probabilities(model, spec, device, multilabel)
+        else:
+            frames = valid_frames(batch, frontend.sample_rate).to(device)
+            windows, owner = clip_windows(spec, frames, window_frames, padding_value(frontend.stats))
+            window_probs = torch.cat(
+                [_probabilities(model, chunk, device, multilabel) for chunk in windows.split(max(len(frames), 1))]
+            )  # (W, C), in chunks of the loader's batch size
+            total = torch.zeros(len(frames), window_probs.shape[1], device=device).index_add_(0, owner, window_probs)
+            probs = total / torch.bincount(owner, minlength=len(frames)).clamp_min(1)[:, None]
         scores.append(probs.cpu())
         targets.append(batch["target"])
         indices.append(batch["index"])
@@ -661,6 +680,13 @@ def evaluate(
         "indices": torch.cat(indices).numpy(),
         "metrics": metrics,
     }
+
+
+def _probabilities(model: nn.Module, spec: torch.Tensor, device: torch.device, multilabel: bool) -> torch.Tensor:
+    """``(B, C)`` float32 class probabilities: sigmoid (multi-label) or softmax."""
+    with _autocast(device):
+        logits = model(spec)
+    return torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), dim=-1)
 
 
 def _finite_mean_loss(running: torch.Tensor, seen: int, epoch: int, step: int) -> float:
@@ -717,6 +743,7 @@ def train_one_run(
         )
     model = AudioClassifier(encoder, num_classes, pool=task.pool, freeze_encoder=(mode == "linear")).to(device)
     frontend = FbankFrontend(task.num_frames, stats, data.sample_rate).to(device)
+    windows = task.num_frames if task.eval_windows else None  # evaluation: whole clips, in windows
     spec_augment = SpecAugment(task.freq_mask, task.time_mask).to(device)
     noise = background_noise_for(task, datasets["train"])
     noise = noise.to(device) if noise is not None else None
@@ -787,7 +814,7 @@ def train_one_run(
             bar.update()
         bar.close()
         train_loss = _finite_mean_loss(running, seen, epoch, step)
-        val = evaluate(model, loaders["val"], frontend, device, multilabel, description="validation")
+        val = evaluate(model, loaders["val"], frontend, device, multilabel, description="validation", window_frames=windows)
         value = val["metrics"][task.metric]
         value = -math.inf if math.isnan(value) else value
         record = {
@@ -808,7 +835,7 @@ def train_one_run(
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
     model.load_state_dict(best["state"])
-    test = evaluate(model, loaders["test"], frontend, device, multilabel, description="test")
+    test = evaluate(model, loaders["test"], frontend, device, multilabel, description="test", window_frames=windows)
     return {
         "model": model,
         "test": test,

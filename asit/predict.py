@@ -24,23 +24,8 @@ from typing import Sequence
 
 import torch
 
-from asit.audio import AudioError, NormStats, hop_length, load_audio, prepare_wave, samples_for_frames
+from asit.audio import AudioError, NormStats, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
 from asit.features import FbankFrontend
-
-
-def window_starts(num_samples: int, window: int, hop: int, overlap: float = 0.5) -> list[int]:
-    """Start samples of the windows covering a clip of ``num_samples``.
-
-    One window at 0 when the clip fits; else windows every ``(1 - overlap) * window`` samples
-    (rounded down to whole fbank hops), plus one ending exactly at the clip's end.
-    """
-    if num_samples <= window:
-        return [0]
-    step = max(hop, int((1 - overlap) * window) // hop * hop)
-    starts = list(range(0, num_samples - window + 1, step))
-    if starts[-1] != num_samples - window:
-        starts.append(num_samples - window)
-    return starts
 
 
 class Predictor:

@@ -49,7 +49,10 @@ class TaskConfig:
 
     # --- input ---
     num_frames: int = 1024  # fbank frames per clip (10 ms each); the positional embedding is resized to it
-    random_crop: bool = True  # training crops at a random start (evaluation always crops deterministically)
+    random_crop: bool = True  # training crops at a random start
+    eval_windows: bool = True  # validation and test score each whole clip: the mean of its num_frames
+    # windows' scores (50 % overlap, as asit.predict), so a clip longer than the input is heard in full.
+    # False: one crop from the clip's start (AST, whose recipes' inputs hold the whole clip anyway)
 
     # --- model ---
     model_size: str = "base"  # tiny | small | base, used only when no pretrained checkpoint is loaded
@@ -225,8 +228,8 @@ _RECIPES: dict[str, dict[str, Any]] = {
             "The reference fixes only the protocol (1,251 speakers, official iden_split.txt, accuracy). "
             "Our choices: 400-frame (4 s) random crops, because 4 s is VoxCeleb1's shortest utterance, "
             "so no training crop holds padding, and 4 s (200 tokens) keeps a ViT-B batch of 64 affordable; "
-            "evaluation on one deterministic 4 s crop per utterance (asit.predict averages windows over "
-            "a whole file instead). lr 1e-4 and 30 epochs as for ESC-50; mild SpecAugment 24/48 and no "
+            "evaluation on each whole utterance, in 4 s windows with 50 % overlap whose scores are averaged "
+            "(as asit.predict scores a file). lr 1e-4 and 30 epochs as for ESC-50; mild SpecAugment 24/48 and no "
             "mixup, since a mixed clip holds two speakers."
         ),
     ),

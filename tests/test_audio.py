@@ -65,6 +65,23 @@ def test_resampling_keeps_duration_and_pitch(tmp_path):
     assert abs(peak_hz - 440) < 2
 
 
+def test_resampling_agrees_with_torchaudio_below_the_new_nyquist():
+    """soxr (the recipe's sox resampler) and torchaudio's sinc resampler differ only near the new
+    Nyquist frequency, where the two low-pass filters roll off differently."""
+    from asit.audio import resample
+
+    rate = 32000
+    t = np.arange(2 * rate) / rate
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3100 * t)).astype(np.float32)
+    ours = resample(wave, rate, 16000)
+    reference = torchaudio.functional.resample(torch.from_numpy(wave), rate, 16000).numpy()
+    assert ours.dtype == np.float32 and ours.shape == reference.shape == (32000,)
+    assert np.abs(ours[200:-200] - reference[200:-200]).max() < 1e-3  # edges: each pads differently
+    assert resample(wave, rate, rate) is wave
+    with pytest.raises(ValueError, match="positive"):
+        resample(wave, 0, 16000)
+
+
 def test_multichannel_is_averaged_to_mono(tmp_path):
     left, right = sine(300, 1.0, 16000), sine(300, 1.0, 16000, amplitude=0.1)
     path = tmp_path / "stereo.flac"

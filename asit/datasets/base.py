@@ -572,8 +572,8 @@ def collate_clips(batch: list[dict]) -> dict:
         ``wave`` ``(B, S)`` or ``(B, V, S)``; ``length`` ``(B,)`` or ``(B, V)``; ``target``
         ``(B,)`` int64 or ``(B, C)`` float; ``index`` ``(B,)``; ``skipped``: every item's
         ``(path, problem)`` records, concatenated (found in the worker that built the batch).
-        Items of :class:`asit.fbank_cache.CachedFbankDataset` give ``fbank`` ``(B, T, F)`` and
-        ``frames`` in place of ``wave`` and ``length``.
+        Items of :class:`asit.fbank_cache.CachedFbankDataset` give ``fbank`` ``(B, T, F)`` (whole
+        clips zero-padded to the longest) and ``frames`` in place of ``wave`` and ``length``.
     """
     common = {
         "target": torch.stack([item["target"] for item in batch]),
@@ -581,8 +581,11 @@ def collate_clips(batch: list[dict]) -> dict:
         "skipped": [record for item in batch for record in item.get("skipped", [])],
     }
     if "fbank" in batch[0]:
+        fbanks = [item["fbank"] for item in batch]
+        longest = max(f.shape[-2] for f in fbanks)
+        fbanks = [torch.nn.functional.pad(f, (0, 0, 0, longest - f.shape[-2])) for f in fbanks]
         return {
-            "fbank": torch.stack([item["fbank"] for item in batch]),
+            "fbank": torch.stack(fbanks),
             "frames": torch.stack([torch.as_tensor(item["frames"], dtype=torch.int64) for item in batch]),
             **common,
         }
