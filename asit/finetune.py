@@ -25,7 +25,8 @@ One run, step by step:
 4. **Optimisation**: AdamW (no weight decay on biases, norms, positional embedding and class
    token), a linear warm-up then a cosine decay to ``min_lr`` per step (``schedule="cosine"``,
    our default), or AST's step decay (``schedule="step"``: x ``lr_decay_rate`` every epoch from
-   ``lr_decay_start``). Cross-entropy on (mixed) soft targets, or BCE for multi-label AudioSet.
+   ``lr_decay_start``); optionally layer-wise lr decay (``layer_decay``). Cross-entropy on
+   (mixed) soft targets, or BCE for multi-label AudioSet.
 5. **Model choice and numbers**: evaluation on the validation split after every epoch; the best
    epoch's weights (by the task's metric on validation only) are restored and evaluated once on
    the test split. ESC-50 repeats this for every fold present and reports the mean accuracy and
@@ -578,16 +579,33 @@ def check_coverage(task: TaskConfig, datasets: dict[str, Any], folds_run: list[i
 # Training and evaluation
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW parameter groups: no weight decay on biases, norms, positional embedding and class token.
+
+    With ``layer_decay < 1`` (layer-wise lr decay, as BEiT, MAE and Audio-MAE fine-tune), encoder
+    layer ``l`` of ``L`` (patch embedding = 0, blocks 1..L, the final norm with the last block)
+    trains at ``layer_decay ** (L - l)`` of the lr, and the head at the full lr: the early layers a
+    pretrained encoder learnt move least. Each group's ``lr_scale`` multiplies the scheduled lr.
+    """
+    scales: dict[str, float] = {}
+    encoder = getattr(model, "encoder", None)
+    if layer_decay < 1.0 and encoder is not None and hasattr(encoder, "group_matcher"):
+        from timm.models import group_parameters
+
+        layers = group_parameters(encoder, encoder.group_matcher(coarse=False), reverse=True)
+        top = max(layers.values())
+        scales = {f"encoder.{name}": layer_decay ** (top - layer) for name, layer in layers.items()}
+    groups: dict[tuple[bool, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name
+        scale = scales.get(name, 1.0)
+        group = groups.setdefault(
+            (no_decay, scale), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+        )
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def lr_schedule(task: TaskConfig, steps_per_epoch: int, peak_lr: float) -> np.ndarray:
@@ -765,7 +783,8 @@ def train_one_run(
     peak_lr = task.linear_lr if mode == "linear" else task.lr
     lrs = lr_schedule(task, steps_per_epoch, peak_lr)
     trainable = model.head if mode == "linear" else model
-    optimizer = torch.optim.AdamW(_parameter_groups(trainable, task.weight_decay), lr=peak_lr, betas=(0.9, 0.999))
+    layer_decay = task.layer_decay if mode == "finetune" else 1.0
+    optimizer = torch.optim.AdamW(_parameter_groups(trainable, task.weight_decay, layer_decay), lr=peak_lr, betas=(0.9, 0.999))
     criterion = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss(label_smoothing=task.label_smoothing)
     generator = torch.Generator().manual_seed(seed)
 
@@ -786,7 +805,7 @@ def train_one_run(
                 break
             skipped += _skip_count(batch)
             for group in optimizer.param_groups:
-                group["lr"] = float(lrs[step])
+                group["lr"] = float(lrs[step]) * group["lr_scale"]
             if noise is not None:
                 waves = batch["wave"].to(device, non_blocking=True)  # (B, S)
                 lengths = batch["length"].to(device)

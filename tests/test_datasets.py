@@ -516,3 +516,28 @@ def test_importing_the_package_does_not_import_the_builtin_generator(monkeypatch
     monkeypatch.setattr(asit, "datasets", None, raising=False)
     importlib.import_module("asit.datasets")
     assert "asit.datasets.builtin" not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["esc50", "audioset"])
+def test_builtin_copies_compute_statistics_over_their_training_split(tmp_path, monkeypatch, name):
+    """The published statistics describe the real recordings; the synthetic built-in copy gets its
+    own, computed over training clips only, and cached beside it."""
+    from asit.datasets import compute_dataset_stats
+
+    monkeypatch.setenv("ASIT_DATA_DIR", str(tmp_path / "data"))
+    builtin = tmp_path / "data" / "builtin" / name
+    real = tmp_path / "real" / name
+    for root in (builtin, real):
+        if name == "esc50":
+            write_esc50(root, num_classes=2, clips_per_fold=1, seconds=0.3)
+        else:
+            write_audioset(root, num_classes=3, train_clips=4, eval_clips=3, seconds=0.3)
+    test_split, train_split = ("test", "trainval") if name == "esc50" else ("eval", "train")
+    test = get_dataset(name, test_split)  # data_root=None: the built-in copy
+    assert test.is_builtin and not get_dataset(name, test_split, real).is_builtin
+    assert get_dataset(name, test_split, real).stats == DATASET_STATS[name]  # real data: published
+    expected = compute_dataset_stats(get_dataset(name, train_split))
+    assert test.stats != DATASET_STATS[name]
+    assert test.stats.mean == pytest.approx(expected.mean) and test.stats.std == pytest.approx(expected.std)
+    assert test.stats != compute_dataset_stats(test)  # not the test clips' own
+    assert (builtin / ".asit_norm_stats.json").is_file()

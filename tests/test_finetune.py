@@ -305,3 +305,23 @@ def test_a_non_finite_loss_stops_fine_tuning_with_a_clear_message(tmp_path, monk
     root = write_esc50(tmp_path / "esc50", num_classes=2, clips_per_fold=2, seconds=0.4)
     with pytest.raises(FloatingPointError, match="non-finite training loss in epoch 1"):
         finetune(get_task("esc50", "smoke"), "fixture", root, checkpoint="none", output_dir=tmp_path, device="cpu", progress=False)
+
+
+def test_layer_decay_scales_the_lr_from_the_head_down_to_the_patch_embedding():
+    from asit.finetune import _parameter_groups
+
+    model = AudioClassifier(models.create_encoder("tiny", 96, depth=3), num_classes=4)
+    flat = _parameter_groups(model, weight_decay=0.05)  # layer_decay 1: every lr unscaled
+    assert {g["lr_scale"] for g in flat} == {1.0} and len(flat) == 2
+    groups = _parameter_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale_of[id(named["head.weight"])] == 1.0 and scale_of[id(named["encoder.norm.weight"])] == 1.0
+    assert scale_of[id(named["encoder.blocks.2.mlp.fc1.weight"])] == 1.0  # the last block
+    assert scale_of[id(named["encoder.blocks.1.mlp.fc1.weight"])] == 0.5
+    assert scale_of[id(named["encoder.blocks.0.mlp.fc1.weight"])] == 0.25
+    assert scale_of[id(named["encoder.patch_embed.proj.weight"])] == 0.125
+    assert scale_of[id(named["encoder.pos_embed"])] == 0.125 and decay_of[id(named["encoder.pos_embed"])] == 0.0
+    assert decay_of[id(named["encoder.blocks.0.mlp.fc1.weight"])] == 0.05
+    assert sum(len(g["params"]) for g in groups) == len(named)  # every parameter in exactly one group

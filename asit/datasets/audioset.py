@@ -91,5 +91,12 @@ class AudioSet(AudioDataset):
         manifest_path = root / (manifest if manifest is not None else MANIFESTS[split])
         require(manifest_path, "audioset", root, f"the manifest of split {split!r}", marker=LABELS_CSV)
         self.manifest = manifest_path
+        self._data_root, self._options = data_root, options
         paths, targets = read_manifest(manifest_path, mid_index, root)
         super().__init__(paths, targets, classes, name="audioset", split=split, root=root, multilabel=True, **options)
+
+    def training_split(self) -> AudioDataset:
+        """The balanced training set (statistics never see an eval clip)."""
+        if self.split in ("train", "train_full"):
+            return self
+        return AudioSet("train", self._data_root, **self._options)

@@ -78,6 +78,7 @@ class ESC50(AudioDataset):
         if val_fold == fold or val_fold not in folds:
             raise ValueError(f"val_fold={val_fold} must be one of {folds} other than the test fold {fold}")
         self.fold, self.val_fold = fold, val_fold
+        self._data_root, self._options = data_root, options
 
         wanted = {
             "test": {fold},
@@ -96,4 +97,14 @@ class ESC50(AudioDataset):
         require_listed_files(paths, "esc50", root, "meta/esc50.csv")
         targets = [index[row["target"]] for row in chosen]
         super().__init__(paths, targets, list(names.values()), name="esc50", split=split, root=root, **options)
+
+    def stats_key(self) -> str:
+        return f"esc50:fold{self.fold}"
+
+    def training_split(self) -> AudioDataset:
+        """Every fold but the test fold (statistics never see a test clip; computed ones are only
+        needed off the real data, whose statistics are published)."""
+        if self.split == "trainval":
+            return self
+        return ESC50("trainval", self._data_root, fold=self.fold, val_fold=self.val_fold, **self._options)
 
