@@ -74,13 +74,15 @@ AUDIOSET_SECONDS = 4.0  # real clips last 10 s; 4 s keeps the data small
 SPEECH_SECONDS = 1.0
 VOX_MIN_SECONDS, VOX_MAX_SECONDS = 2.0, 6.0
 
-# Sizes at scale 1.0 (about 80 MB in all). Counts shrink with `scale` down to the least that keeps
-# every layout valid (one clip per fold and class, one speaker per split, ...).
+# Sizes at scale 1.0 (about 100 MB in all). Counts shrink with `scale` down to the least that keeps
+# every layout valid (one clip per fold and class, one speaker per split, ...). The training splits
+# are as small as a CPU budget needs; the test splits are larger than the real proportions, so
+# that a difference of a few points between two encoders is more than one or two clips.
 ESC50_CLIPS_PER_CLASS = 20  # 4 per fold; the real data set has 40 (8 per fold)
-SPEECH_SPEAKERS = 18  # 12 train / 3 validation / 3 test
+SPEECH_SPEAKERS = (12, 3, 9)  # train / validation / test speakers (voices), each saying all 35 words
 VOX_SPEAKERS = 12
-VOX_UTTERANCES = 8  # per speaker: about 60 % train, 20 % val, 20 % test
-AUDIOSET_TRAIN, AUDIOSET_EVAL = 90, 30
+VOX_UTTERANCES = (4, 2, 6)  # per speaker: train / validation / test utterances
+AUDIOSET_TRAIN, AUDIOSET_EVAL = 90, 90
 NOISE_SECONDS = 12.0  # per background-noise file (the real ones last about 60 s)
 
 SPEECH_COMMANDS_WORDS = (
@@ -530,7 +532,8 @@ def _noise_files(rng: np.random.Generator, n: int, espeak: str, voices: list[Voi
 
 def _build_speech_commands(root: Path, seed: int, scale: float, workers: int) -> dict:
     espeak = require_espeak()
-    n_speakers = _scaled(SPEECH_SPEAKERS, scale, 3)
+    n_train_speakers, n_val_speakers, n_test_speakers = (_scaled(n, scale, 1) for n in SPEECH_SPEAKERS)
+    n_speakers = n_train_speakers + n_val_speakers + n_test_speakers
     rng = _rng(seed, "speech_commands-speakers")
     voices = _make_voices(rng, n_speakers)
     speakers = []
@@ -538,9 +541,9 @@ def _build_speech_commands(root: Path, seed: int, scale: float, workers: int) ->
         sid = _random_id(rng, "0123456789abcdef", 8)
         if sid not in speakers:
             speakers.append(sid)
-    n_held = max(1, int(round(0.15 * n_speakers)))
-    order = rng.permutation(n_speakers)
-    validation, testing = set(order[:n_held].tolist()), set(order[n_held : 2 * n_held].tolist())
+    order = rng.permutation(n_speakers).tolist()
+    validation = set(order[:n_val_speakers])
+    testing = set(order[n_val_speakers : n_val_speakers + n_test_speakers])
     n = int(SPEECH_SECONDS * SAMPLE_RATE)
     room = [(rng.uniform(-65, -40), rng.uniform(0, 2)) for _ in range(n_speakers)]  # per speaker
     jobs = [(s, w) for s in range(n_speakers) for w in range(len(SPEECH_COMMANDS_WORDS))]
@@ -582,11 +585,9 @@ def _build_speech_commands(root: Path, seed: int, scale: float, workers: int) ->
 def _build_voxceleb1(root: Path, seed: int, scale: float, workers: int) -> dict:
     espeak = require_espeak()
     n_speakers = _scaled(VOX_SPEAKERS, scale, 3)
-    n_utts = _scaled(VOX_UTTERANCES, scale, 3)
+    n_train, n_val, n_test = (_scaled(n, scale, 1) for n in VOX_UTTERANCES)
     rng = _rng(seed, "voxceleb1-speakers")
     voices = _make_voices(rng, n_speakers)
-    n_test = n_val = max(1, int(round(0.2 * n_utts)))
-    n_train = n_utts - n_val - n_test
     # Utterances of a split come from its own videos (sessions with their own channel), as the
     # identification protocol holds out whole videos.
     splits = [1] * n_train + [2] * n_val + [3] * n_test
@@ -707,7 +708,7 @@ def build_builtin(
     Args:
         out_dir: e.g. ``data/builtin``; existing sub-folders of the data sets built are replaced.
         seed: the same seed and scale give the same bytes.
-        scale: multiplies the number of clips and speakers (1.0: about 80 MB; 0.1 for tests).
+        scale: multiplies the number of clips and speakers (1.0: about 100 MB; 0.1 for tests).
         only: a subset of :data:`LAYOUTS` (list or comma-separated string); ``None``: all four.
         workers: threads for espeak-ng calls and synthesis (default: up to 4, by CPU count).
         verbose: print each data set as it is written.
@@ -760,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="data/builtin", help="output folder (default: data/builtin)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same bytes")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies clip and speaker counts (1.0: about 80 MB)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies clip and speaker counts (1.0: about 100 MB)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(LAYOUTS)}")
     parser.add_argument("--workers", type=int, default=None, help="threads (default: up to 4)")
     args = parser.parse_args(argv)
