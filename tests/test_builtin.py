@@ -224,3 +224,18 @@ def test_loaders_read_the_builtin_layout(built, name, folder, splits, options):
         assert data.num_classes == len(builtin.EVENT_CLASSES)
     if name == "esc50":
         assert sorted(data.classes) == sorted(e.category for e in builtin.EVENT_CLASSES)
+
+
+def test_voxceleb1_splits_have_the_sizes_the_constants_give(tmp_path):
+    """Each speaker has VOX_UTTERANCES (train, val, test) utterances, scaled: the test split is the
+    largest, so that two encoders compared on it differ by more than a clip or two."""
+    scale = 0.5
+    builtin.build_builtin(tmp_path, seed=0, scale=scale, only="voxceleb1")
+    counts: dict[str, list[int]] = {}
+    for line in (tmp_path / "voxceleb1" / "iden_split.txt").read_text().splitlines():
+        split, rel = line.split()
+        counts.setdefault(rel.split("/")[0], [0, 0, 0])[int(split) - 1] += 1
+    expected = [max(1, round(n * scale)) for n in builtin.VOX_UTTERANCES]
+    assert len(counts) == round(builtin.VOX_SPEAKERS * scale)
+    assert all(c == expected for c in counts.values()), counts
+    assert expected[2] > expected[0]
