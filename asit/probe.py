@@ -1,0 +1,288 @@
+"""Linear probes of frozen encoders on every task, beside a pooled-fbank reference: ``python -m asit.probe``.
+
+Fine-tuning answers "does this initialisation end up better?", with a 10-20 point spread between
+seeds on the small built-in splits. The k-NN monitor (:mod:`asit.knn`) answers "are the frozen
+class tokens better?" on 40 queries. Neither is a steady enough measure for tuning pretraining.
+This module asks the same question as the k-NN monitor on every task at once, with more clips
+and a trained linear read-out, in under a minute per encoder on two CPU cores:
+
+1. each clip's spectrogram (the first ``clip_frames`` frames) is cut into windows of the encoder's
+   input length; a window's features are its class token (``cls``) and the mean of its patch
+   tokens (``mean``), averaged over the windows that hold audio;
+2. a logistic regression (standardised features, ``C`` chosen by 3-fold cross-validation on the
+   training split, never on the test split) is fitted on the training split and scored on the test
+   split: accuracy, or mAP for AudioSet's multi-label classes (one regression per class);
+3. the same read-out of the per-mel-bin mean and standard deviation of the fbank over the clip
+   (``fbank``: no encoder at all) says what a linear model gets from the spectrogram alone. An
+   encoder whose features score below it has thrown information away; pretraining is meant to
+   lift the frozen features above a random init's and, eventually, above this reference.
+
+Every encoder is probed on exactly the same spectrograms. ``none`` is a random init of the first
+checkpoint's shape (seed 0), as in the notebooks' comparisons.
+
+    python -m asit.probe results/pretrain/cpu/encoder                   # + random init + fbank
+    python -m asit.probe RUN_A/encoder RUN_B/encoder --tasks esc50,voxceleb1 --out probes.json
+
+On the built-in data the probes describe the synthetic stand-ins only, as every built-in number does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+# Regularisation strengths the cross-validation chooses from (inverse of the L2 penalty).
+PROBE_CS = (0.01, 0.1, 1.0)
+RANDOM_INIT = "none"
+FBANK = "fbank"
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One probe: a data set, the split the read-out is fitted on, the split it is scored on."""
+
+    dataset: str  # asit.datasets.get_dataset name
+    train_split: str
+    test_split: str
+    clip_frames: int  # frames of each clip described (from its start); longer clips are cut there
+    options: dict[str, Any] = field(default_factory=dict)  # more get_dataset options
+
+    @property
+    def multilabel(self) -> bool:
+        return self.dataset == "audioset"
+
+
+# One probe per kind of task of the paper. ESC-50: fold 1 (its four other folds train the read-out);
+# the clip lengths cover a built-in clip (ESC-50 5 s, AudioSet 4 s, VoxCeleb1 up to 6 s).
+PROBE_TASKS: dict[str, ProbeTask] = {
+    "esc50": ProbeTask("esc50", "trainval", "test", 500, {"fold": 1}),
+    "ks2": ProbeTask("speech_commands_v2", "train", "test", 100, {"protocol": "ks2"}),
+    "voxceleb1": ProbeTask("voxceleb1", "train", "test", 600),
+    "audioset": ProbeTask("audioset", "train", "eval", 400),
+}
+
+
+@dataclass
+class ProbeSplit:
+    """Whole-clip spectrograms of one split, normalised with the training split's statistics."""
+
+    spec: torch.Tensor  # (M, 1, T, F)
+    frames: torch.Tensor  # (M,) valid frames per clip
+    targets: np.ndarray  # (M,) class indices, or (M, C) multi-hot
+
+
+def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None, stats=None, batch_size: int = 64) -> tuple[ProbeSplit, Any]:
+    """The first ``task.clip_frames`` frames of every clip of ``split`` (zero-padded), and the data set."""
+    from asit.audio import frames_for_samples
+    from asit.datasets import collate_clips, get_dataset
+    from asit.features import FbankFrontend
+
+    data = get_dataset(task.dataset, split, data_root=data_root, num_frames=task.clip_frames, random_crop=False, **task.options)
+    frontend = FbankFrontend(task.clip_frames, stats if stats is not None else data.stats, data.sample_rate)
+    specs, frames, targets = [], [], []
+    for batch in DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_clips):
+        lengths = torch.as_tensor(batch["length"])
+        specs.append(frontend(batch["wave"], lengths))
+        frames.append(torch.tensor([min(frames_for_samples(int(n), data.sample_rate), task.clip_frames) for n in lengths]))
+        targets.append(torch.as_tensor(batch["target"]).numpy())
+    return ProbeSplit(torch.cat(specs), torch.cat(frames), np.concatenate(targets)), data
+
+
+@torch.no_grad()
+def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """``{"cls": (M, D), "mean": (M, D)}``: class token and mean patch token, averaged over windows.
+
+    The clip's frames are cut into consecutive windows of ``window`` frames (the encoder's input
+    length); windows that start past the clip's valid frames are left out of the average.
+    """
+    spec = split.spec
+    if spec.shape[2] < window:
+        raise ValueError(f"clips of {spec.shape[2]} frames are shorter than the encoder's {window}-frame input")
+    encoder.eval()
+    M, _, T, F = spec.shape
+    n = T // window
+    windows = spec[:, :, : n * window].reshape(M, 1, n, window, F).transpose(1, 2).reshape(M * n, 1, window, F)
+    tokens = [encoder.forward_features(chunk) for chunk in windows.split(batch_size)]
+    tokens = torch.cat(tokens).float()  # (M * n, 1 + N, D): timm puts the class token first
+    prefix = getattr(encoder, "num_prefix_tokens", 1)
+    holds = (torch.arange(n)[None, :] * window < split.frames[:, None]).float()  # (M, n)
+    holds[:, 0] = 1.0
+    weights = (holds / holds.sum(1, keepdim=True))[..., None]  # (M, n, 1)
+    out = {}
+    for name, per_window in (("cls", tokens[:, 0]), ("mean", tokens[:, prefix:].mean(1))):
+        out[name] = (per_window.reshape(M, n, -1) * weights).sum(1).numpy()
+    return out
+
+
+def pooled_fbank(split: ProbeSplit) -> np.ndarray:
+    """``(M, 2F)``: each mel bin's mean and standard deviation over the clip's valid frames."""
+    spec = split.spec[:, 0]  # (M, T, F)
+    valid = (torch.arange(spec.shape[1])[None, :] < split.frames.clamp_min(1)[:, None]).float()[..., None]
+    count = valid.sum(1)
+    mean = (spec * valid).sum(1) / count
+    std = (((spec - mean[:, None]) ** 2 * valid).sum(1) / count).sqrt()
+    return torch.cat([mean, std], dim=1).numpy()
+
+
+def _folds(labels: np.ndarray) -> int:
+    """Cross-validation folds the rarest class allows (at most 3; below 2, no search)."""
+    counts = np.unique(labels, return_counts=True)[1]
+    return int(min(3, counts.min())) if len(counts) > 1 else 0
+
+
+def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, scoring: str) -> np.ndarray:
+    """Probabilities of a standardised logistic regression, C chosen by cross-validation on train only."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = _folds(train_y)
+    if folds >= 2:
+        model = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring=scoring, max_iter=3000)
+    else:  # too few clips of some class to cross-validate: the middle strength
+        model = LogisticRegression(C=PROBE_CS[len(PROBE_CS) // 2], max_iter=3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on tiny fixtures
+        fitted = make_pipeline(StandardScaler(), model).fit(train_x, train_y)
+        return fitted.predict_proba(test_x)
+
+
+def probe_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, multilabel: bool = False) -> float:
+    """Test accuracy (single-label) or mAP (multi-label, one regression per class), in percent."""
+    from asit.metrics import mean_average_precision
+
+    if not multilabel:
+        classes = np.unique(train_y)
+        if len(classes) < 2:
+            raise ValueError("the training split holds a single class: nothing to probe")
+        probs = _fit_predict(train_x, train_y, test_x, "accuracy")
+        return 100.0 * float((classes[probs.argmax(1)] == test_y).mean())
+    scores = np.zeros(test_y.shape, dtype=np.float64)
+    for c in range(train_y.shape[1]):
+        column = (train_y[:, c] > 0.5).astype(int)
+        if column.min() == column.max():  # every training clip positive (or none): a constant score
+            scores[:, c] = float(column[0])
+            continue
+        scores[:, c] = _fit_predict(train_x, column, test_x, "average_precision")[:, 1]
+    return 100.0 * mean_average_precision(scores, test_y)[0]  # classes without a test positive are left out
+
+
+def _encoder(source: str | Path | nn.Module, reference: nn.Module | None) -> nn.Module:
+    """A loaded checkpoint, or (``"none"``) a seed-0 random init with ``reference``'s shape."""
+    from asit.models import create_encoder, load_encoder
+
+    if isinstance(source, nn.Module):
+        return source
+    if str(source) != RANDOM_INIT:
+        return load_encoder(source)
+    if reference is None:
+        raise ValueError("a random init needs a checkpoint to copy the shape of: probe a checkpoint too")
+    config = getattr(reference, "asit_config", {})
+    size = {192: "tiny", 384: "small", 768: "base"}.get(reference.embed_dim)
+    if size is None:
+        raise ValueError(f"no ViT size has width {reference.embed_dim}")
+    torch.manual_seed(0)
+    encoder = create_encoder(size, num_frames=reference.patch_embed.img_size[0], depth=len(reference.blocks))
+    encoder.asit_config = {**config, "source": "random init (seed 0)"}
+    return encoder
+
+
+def run_probes(
+    encoders: Mapping[str, str | Path | nn.Module],
+    tasks: Sequence[str] = tuple(PROBE_TASKS),
+    data_root: Mapping[str, str | Path] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Probe every encoder (name -> checkpoint path, ``"none"`` or a module) and the fbank reference.
+
+    ``data_root`` maps a task to its real data set's folder; tasks left out read the built-in copy.
+    Each encoder reads windows of its own input length. Returns one row per (task, features, pool):
+    ``{"task", "metric", "features", "pool", "score", "train_clips", "test_clips"}``.
+    """
+    unknown = [t for t in tasks if t not in PROBE_TASKS]
+    if unknown:
+        raise ValueError(f"unknown probe task(s) {unknown}; choose from {', '.join(PROBE_TASKS)}")
+    loaded: dict[str, nn.Module] = {}
+    reference = None
+    for name, source in encoders.items():
+        if str(source) != RANDOM_INIT or isinstance(source, nn.Module):
+            loaded[name] = _encoder(source, None)
+            reference = reference or loaded[name]
+    for name, source in encoders.items():
+        if name not in loaded:
+            loaded[name] = _encoder(source, reference)
+    rows = []
+    for task_name in tasks:
+        task = PROBE_TASKS[task_name]
+        root = (data_root or {}).get(task_name)
+        train, data = load_split(task, task.train_split, root)
+        test, _ = load_split(task, task.test_split, root, stats=data.stats)
+        metric = "mAP" if task.multilabel else "accuracy"
+        common = {"task": task_name, "metric": metric, "train_clips": len(train.targets), "test_clips": len(test.targets)}
+        rows.append({**common, "features": FBANK, "pool": "mel mean+std",
+                     "score": probe_score(pooled_fbank(train), train.targets, pooled_fbank(test), test.targets, task.multilabel)})
+        for name, encoder in loaded.items():
+            window = encoder.patch_embed.img_size[0]
+            train_f, test_f = encoder_features(encoder, train, window), encoder_features(encoder, test, window)
+            for pool in ("cls", "mean"):
+                score = probe_score(train_f[pool], train.targets, test_f[pool], test.targets, task.multilabel)
+                rows.append({**common, "features": name, "pool": pool, "score": score})
+        if progress:
+            print(" | ".join(f"{r['features']} {r['pool']} {r['score']:.1f}" for r in rows if r["task"] == task_name),
+                  f"<- {task_name} ({metric}, {common['train_clips']} / {common['test_clips']} clips)", flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]):
+    """The rows as a pandas table: one row per features x pool, one column per task."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    return frame.pivot_table(index=["features", "pool"], columns="task", values="score", sort=False).round(1)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(prog="python -m asit.probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="encoder folders (asit.pretrain's <run>/encoder)")
+    parser.add_argument("--tasks", default=",".join(PROBE_TASKS), help=f"comma-separated, from {', '.join(PROBE_TASKS)}")
+    parser.add_argument("--no-random-init", action="store_true", help="leave out the random-init encoder")
+    parser.add_argument("--data-root", action="append", default=[], metavar="TASK=DIR",
+                        help="a task's real data set (repeatable); the others read the built-in copy")
+    parser.add_argument("--out", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    encoders: dict[str, str] = {}
+    for path in args.checkpoints:
+        name = str(Path(path).parent.name if Path(path).name == "encoder" else Path(path).name)
+        encoders[name if name not in encoders else str(path)] = path
+    if not args.no_random_init:
+        encoders["random init"] = RANDOM_INIT
+    roots = {}
+    for item in args.data_root:
+        task, _, folder = item.partition("=")
+        if not folder:
+            parser.error(f"--data-root expects TASK=DIR, got {item!r}")
+        roots[task] = folder
+    rows = run_probes(encoders, [t.strip() for t in args.tasks.split(",") if t.strip()], roots)
+    print()
+    print(table(rows).to_string())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"checkpoints": encoders, "probe_cs": PROBE_CS, "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+__all__ = ["PROBE_TASKS", "ProbeTask", "encoder_features", "pooled_fbank", "probe_score", "run_probes", "table", "main"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""asit.probe: frozen-feature linear probes and the pooled-fbank reference."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from asit import probe
+from asit.models import create_encoder
+from layouts import write_audioset, write_esc50
+
+
+def _tiny_encoder(num_frames: int = 32) -> torch.nn.Module:
+    torch.manual_seed(1)
+    return create_encoder("tiny", num_frames=num_frames, depth=1).eval()
+
+
+def test_pooled_fbank_uses_only_the_valid_frames():
+    spec = torch.zeros(2, 1, 6, 3)
+    spec[0, 0, :2] = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    spec[0, 0, 2:] = 100.0  # past the clip's end: must not count
+    spec[1, 0] = 5.0
+    split = probe.ProbeSplit(spec, torch.tensor([2, 6]), np.array([0, 1]))
+    features = probe.pooled_fbank(split)
+    assert features.shape == (2, 6)
+    np.testing.assert_allclose(features[0], [2.0, 2.0, 2.0, 1.0, 0.0, 1.0])
+    np.testing.assert_allclose(features[1], [5.0, 5.0, 5.0, 0.0, 0.0, 0.0])
+
+
+def test_encoder_features_average_only_windows_that_hold_audio():
+    encoder = _tiny_encoder(32)
+    spec = torch.randn(2, 1, 96, 128)
+    split = probe.ProbeSplit(spec, torch.tensor([40, 96]), np.array([0, 1]))
+    features = probe.encoder_features(encoder, split, window=32)
+    with torch.no_grad():
+        tokens = encoder.forward_features(spec[:, :, :96].reshape(2, 1, 3, 32, 128).transpose(1, 2).reshape(6, 1, 32, 128))
+    cls = tokens[:, 0].reshape(2, 3, -1)
+    # clip 0 holds 40 frames: windows at frames 0 and 32, not 64
+    np.testing.assert_allclose(features["cls"][0], cls[0, :2].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features["cls"][1], cls[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    mean = tokens[:, 1:].mean(1).reshape(2, 3, -1)
+    np.testing.assert_allclose(features["mean"][1], mean[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="shorter than"):
+        probe.encoder_features(encoder, probe.ProbeSplit(spec[:, :, :16], torch.tensor([16, 16]), np.array([0, 1])), window=32)
+
+
+def test_probe_score_separates_informative_from_uninformative_features():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    informative = np.eye(3)[labels] * 3 + 0.1 * rng.standard_normal((60, 3))
+    noise = rng.standard_normal((60, 3))
+    train, test = np.arange(60) % 2 == 0, np.arange(60) % 2 == 1
+    assert probe.probe_score(informative[train], labels[train], informative[test], labels[test]) == 100.0
+    assert probe.probe_score(noise[train], labels[train], noise[test], labels[test]) < 70.0
+    # multi-label: one regression per class, scored by mAP
+    multi = np.stack([labels == 0, labels != 0], axis=1).astype(np.float32)
+    assert probe.probe_score(informative[train], multi[train], informative[test], multi[test], multilabel=True) == 100.0
+    with pytest.raises(ValueError, match="single class"):
+        probe.probe_score(informative[train], np.zeros(30, dtype=int), informative[test], labels[test])
+
+
+def test_run_probes_on_esc50_and_audioset_layouts(tmp_path, monkeypatch):
+    # Distinct tones per class: the pooled-fbank reference must read them perfectly.
+    esc = write_esc50(tmp_path / "esc50", num_classes=3, clips_per_fold=2, folds=5, seconds=0.6)
+    audioset = write_audioset(tmp_path / "audioset", num_classes=3, train_clips=12, eval_clips=6, full_clips=0, seconds=0.6)
+    short = {name: probe.ProbeTask(t.dataset, t.train_split, t.test_split, 64, t.options) for name, t in probe.PROBE_TASKS.items()}
+    monkeypatch.setattr(probe, "PROBE_TASKS", short)
+    rows = probe.run_probes({"tiny": _tiny_encoder(32), "random init": probe.RANDOM_INIT}, ["esc50", "audioset"],
+                            data_root={"esc50": esc, "audioset": audioset}, progress=False)
+    assert [(r["task"], r["features"], r["pool"]) for r in rows] == [
+        (task, features, pool)
+        for task in ("esc50", "audioset")
+        for features, pool in [("fbank", "mel mean+std"), ("tiny", "cls"), ("tiny", "mean"), ("random init", "cls"), ("random init", "mean")]
+    ]
+    esc_rows = [r for r in rows if r["task"] == "esc50"]
+    assert {r["train_clips"] for r in esc_rows} == {24} and {r["test_clips"] for r in esc_rows} == {6}
+    assert esc_rows[0]["score"] == 100.0
+    assert all(0.0 <= r["score"] <= 100.0 for r in rows)
+    assert {r["metric"] for r in rows if r["task"] == "audioset"} == {"mAP"}
+    frame = probe.table(rows)
+    assert set(frame.columns) == {"audioset", "esc50"}
+    assert frame.loc[("fbank", "mel mean+std"), "esc50"] == 100.0
+
+
+def test_random_init_needs_a_checkpoint_and_unknown_tasks_fail():
+    with pytest.raises(ValueError, match="random init needs"):
+        probe.run_probes({"random init": probe.RANDOM_INIT}, ["esc50"], progress=False)
+    with pytest.raises(ValueError, match="unknown probe task"):
+        probe.run_probes({"tiny": _tiny_encoder()}, ["imagenet"], progress=False)
+
+
+def test_cli_writes_rows(tmp_path, monkeypatch):
+    from asit.models import save_encoder
+
+    esc = write_esc50(tmp_path / "esc50", num_classes=2, clips_per_fold=2, folds=5, seconds=0.6)
+    encoder_dir = save_encoder(_tiny_encoder(32), tmp_path / "run" / "encoder")
+    short = {"esc50": probe.ProbeTask("esc50", "trainval", "test", 64, {"fold": 1})}
+    monkeypatch.setattr(probe, "PROBE_TASKS", short)
+    out = tmp_path / "probes.json"
+    rows = probe.main([str(encoder_dir), "--tasks", "esc50", "--data-root", f"esc50={esc}", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["rows"] == json.loads(json.dumps(rows))
+    assert {r["features"] for r in rows} == {"fbank", "run", "random init"}
