@@ -259,7 +259,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="a task's real data set (repeatable); the others read the built-in copy")
     parser.add_argument("--out", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     encoders: dict[str, str] = {}
     for path in args.checkpoints:
         name = str(Path(path).parent.name if Path(path).name == "encoder" else Path(path).name)

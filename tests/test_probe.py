@@ -102,3 +102,4 @@ def test_cli_writes_rows(tmp_path, monkeypatch):
     written = json.loads(out.read_text())
     assert written["rows"] == json.loads(json.dumps(rows))
     assert {r["features"] for r in rows} == {"fbank", "run", "random init"}
+    assert torch.is_grad_enabled()  # the CLI leaves no global state behind for the caller
