@@ -186,13 +186,11 @@ def _encoder(source: str | Path | nn.Module, reference: nn.Module | None) -> nn.
         return load_encoder(source)
     if reference is None:
         raise ValueError("a random init needs a checkpoint to copy the shape of: probe a checkpoint too")
-    config = getattr(reference, "asit_config", {})
-    size = {192: "tiny", 384: "small", 768: "base"}.get(reference.embed_dim)
-    if size is None:
-        raise ValueError(f"no ViT size has width {reference.embed_dim}")
+    from asit.finetune import model_size_of
+
     torch.manual_seed(0)
-    encoder = create_encoder(size, num_frames=reference.patch_embed.img_size[0], depth=len(reference.blocks))
-    encoder.asit_config = {**config, "source": "random init (seed 0)"}
+    encoder = create_encoder(model_size_of(reference), num_frames=reference.patch_embed.img_size[0], depth=len(reference.blocks))
+    encoder.asit_config = {**getattr(reference, "asit_config", {}), "source": "random init (seed 0)"}
     return encoder
 
 
@@ -214,7 +212,7 @@ def run_probes(
     loaded: dict[str, nn.Module] = {}
     reference = None
     for name, source in encoders.items():
-        if str(source) != RANDOM_INIT or isinstance(source, nn.Module):
+        if isinstance(source, nn.Module) or str(source) != RANDOM_INIT:
             loaded[name] = _encoder(source, None)
             reference = reference or loaded[name]
     for name, source in encoders.items():
