@@ -18,10 +18,14 @@ and a trained linear read-out, in under a minute per encoder on two CPU cores:
    lift the frozen features above a random init's and, eventually, above this reference.
 
 Every encoder is probed on exactly the same spectrograms. ``none`` is a random init of the first
-checkpoint's shape (seed 0), as in the notebooks' comparisons.
+checkpoint's shape with seed 0, the same weights a seed-0 pretraining starts from (the notebooks'
+random-init baseline); ``none:<seed>`` (``--random-seeds N`` on the command line) draws others. A
+random init's score moves by several points from seed to seed on the small built-in splits: that
+spread, not one seed's score, is what a pretrained encoder's lead has to clear.
 
     python -m asit.probe results/pretrain/cpu/encoder                   # + random init + fbank
     python -m asit.probe RUN_A/encoder RUN_B/encoder --tasks esc50,voxceleb1 --out probes.json
+    python -m asit.probe results/pretrain/cpu/encoder --random-seeds 4       # random inits of seeds 0-3
 
 On the built-in data the probes describe the synthetic stand-ins only, as every built-in number does.
 """
@@ -172,21 +176,38 @@ def probe_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
     return 100.0 * mean_average_precision(scores, test_y)[0]  # classes without a test positive are left out
 
 
+def random_init(seed: int = 0) -> str:
+    """The source string of a random init drawn with ``seed``: ``"none"`` (seed 0) or ``"none:<seed>"``."""
+    return RANDOM_INIT if seed == 0 else f"{RANDOM_INIT}:{int(seed)}"
+
+
+def _random_seed(source: str) -> int | None:
+    """The seed of a random-init source (``"none"`` or ``"none:<seed>"``), None for a checkpoint path."""
+    head, colon, seed = str(source).partition(":")
+    if head != RANDOM_INIT:
+        return None
+    if colon and not seed.isdigit():
+        raise ValueError(f"a random init is 'none' or 'none:<seed>' with a seed >= 0, got {source!r}")
+    return int(seed) if colon else 0
+
+
 def _encoder(source: str | Path | nn.Module, reference: nn.Module | None) -> nn.Module:
-    """A loaded checkpoint, or (``"none"``) a seed-0 random init with ``reference``'s shape."""
+    """A loaded checkpoint, or (``"none"``, ``"none:<seed>"``) a random init with ``reference``'s shape."""
     from asit.models import create_encoder, load_encoder
 
     if isinstance(source, nn.Module):
         return source
-    if str(source) != RANDOM_INIT:
+    seed = _random_seed(str(source))
+    if seed is None:
         return load_encoder(source)
     if reference is None:
         raise ValueError("a random init needs a checkpoint to copy the shape of: probe a checkpoint too")
     from asit.finetune import model_size_of
 
-    torch.manual_seed(0)
-    encoder = create_encoder(model_size_of(reference), num_frames=reference.patch_embed.img_size[0], depth=len(reference.blocks))
-    encoder.asit_config = {**getattr(reference, "asit_config", {}), "source": "random init (seed 0)"}
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        encoder = create_encoder(model_size_of(reference), num_frames=reference.patch_embed.img_size[0], depth=len(reference.blocks))
+    encoder.asit_config = {**getattr(reference, "asit_config", {}), "source": f"random init (seed {seed})"}
     return encoder
 
 
@@ -196,7 +217,7 @@ def run_probes(
     data_root: Mapping[str, str | Path] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Probe every encoder (name -> checkpoint path, ``"none"`` or a module) and the fbank reference.
+    """Probe every encoder (name -> checkpoint path, ``"none"`` / ``"none:<seed>"`` or a module) and the fbank reference.
 
     ``data_root`` maps a task to its real data set's folder; tasks left out read the built-in copy.
     Each encoder reads windows of its own input length. Returns one row per (task, features, pool):
@@ -208,7 +229,7 @@ def run_probes(
     loaded: dict[str, nn.Module] = {}
     reference = None
     for name, source in encoders.items():
-        if isinstance(source, nn.Module) or str(source) != RANDOM_INIT:
+        if isinstance(source, nn.Module) or _random_seed(str(source)) is None:
             loaded[name] = _encoder(source, None)
             reference = reference or loaded[name]
     for name, source in encoders.items():
@@ -249,7 +270,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m asit.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="encoder folders (asit.pretrain's <run>/encoder)")
     parser.add_argument("--tasks", default=",".join(PROBE_TASKS), help=f"comma-separated, from {', '.join(PROBE_TASKS)}")
-    parser.add_argument("--no-random-init", action="store_true", help="leave out the random-init encoder")
+    parser.add_argument("--no-random-init", action="store_true", help="leave out the random-init encoders")
+    parser.add_argument("--random-seeds", type=int, default=1, metavar="N",
+                        help="random inits of seeds 0..N-1 (default 1: seed 0, the pretraining's own starting point). "
+                             "Their spread is the noise a pretrained encoder's lead has to clear")
     parser.add_argument("--data-root", action="append", default=[], metavar="TASK=DIR",
                         help="a task's real data set (repeatable); the others read the built-in copy")
     parser.add_argument("--out", default=None, help="also write the rows to this JSON file")
@@ -258,8 +282,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for path in args.checkpoints:
         name = str(Path(path).parent.name if Path(path).name == "encoder" else Path(path).name)
         encoders[name if name not in encoders else str(path)] = path
+    if args.random_seeds < 1:
+        parser.error("--random-seeds must be at least 1")
     if not args.no_random_init:
-        encoders["random init"] = RANDOM_INIT
+        for seed in range(args.random_seeds):
+            encoders["random init" if seed == 0 else f"random init (seed {seed})"] = random_init(seed)
     roots = {}
     for item in args.data_root:
         task, _, folder = item.partition("=")
@@ -275,7 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["PROBE_TASKS", "ProbeTask", "encoder_features", "pooled_fbank", "probe_score", "run_probes", "table", "main"]
+__all__ = ["PROBE_TASKS", "ProbeTask", "encoder_features", "pooled_fbank", "probe_score", "random_init", "run_probes", "table", "main"]
 
 
 if __name__ == "__main__":

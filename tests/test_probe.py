@@ -103,3 +103,33 @@ def test_cli_writes_rows(tmp_path, monkeypatch):
     assert written["rows"] == json.loads(json.dumps(rows))
     assert {r["features"] for r in rows} == {"fbank", "run", "random init"}
     assert torch.is_grad_enabled()  # the CLI leaves no global state behind for the caller
+
+
+def test_random_inits_of_other_seeds_differ_and_leave_the_global_rng_alone():
+    reference = _tiny_encoder(32)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    seed0, again, seed1 = (probe._encoder(source, reference) for source in ("none", probe.random_init(0), probe.random_init(1)))
+    assert torch.equal(torch.rand(3), expected_next)  # drawing the inits did not consume the caller's stream
+    assert probe.random_init(0) == "none" and probe.random_init(1) == "none:1"
+    assert torch.equal(seed0.pos_embed, again.pos_embed)
+    assert not torch.equal(seed0.pos_embed, seed1.pos_embed)
+    assert seed1.asit_config["source"] == "random init (seed 1)"
+    assert len(seed1.blocks) == len(reference.blocks) and seed1.embed_dim == reference.embed_dim
+    with pytest.raises(ValueError, match="none:<seed>"):
+        probe._encoder("none:one", reference)
+
+
+def test_cli_probes_several_random_seeds(tmp_path, monkeypatch):
+    from asit.models import save_encoder
+
+    esc = write_esc50(tmp_path / "esc50", num_classes=2, clips_per_fold=2, folds=5, seconds=0.6)
+    encoder_dir = save_encoder(_tiny_encoder(32), tmp_path / "run" / "encoder")
+    monkeypatch.setattr(probe, "PROBE_TASKS", {"esc50": probe.ProbeTask("esc50", "trainval", "test", 64, {"fold": 1})})
+    out = tmp_path / "probes.json"
+    rows = probe.main([str(encoder_dir), "--tasks", "esc50", "--data-root", f"esc50={esc}", "--random-seeds", "3", "--out", str(out)])
+    assert {r["features"] for r in rows} == {"fbank", "run", "random init", "random init (seed 1)", "random init (seed 2)"}
+    assert json.loads(out.read_text())["checkpoints"]["random init (seed 2)"] == "none:2"
+    with pytest.raises(SystemExit):
+        probe.main([str(encoder_dir), "--random-seeds", "0"])
