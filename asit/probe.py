@@ -7,8 +7,9 @@ This module asks the same question as the k-NN monitor on every task at once, wi
 and a trained linear read-out, in under a minute per encoder on two CPU cores:
 
 1. each clip's spectrogram (the first ``clip_frames`` frames) is cut into windows of the encoder's
-   input length; a window's features are its class token (``cls``) and the mean of its patch
-   tokens (``mean``), averaged over the windows that hold audio;
+   input length; a window's features are its class token (``cls``), the mean of its patch tokens
+   (``mean``) and its patch tokens averaged over time per mel band (``bands``), each averaged over
+   the windows that hold audio;
 2. a logistic regression (standardised features, ``C`` chosen by 3-fold cross-validation on the
    training split, never on the test split) is fitted on the training split and scored on the test
    split: accuracy, or mAP for AudioSet's multi-label classes (one regression per class);
@@ -46,6 +47,7 @@ from torch.utils.data import DataLoader
 
 # Regularisation strengths the cross-validation chooses from (inverse of the L2 penalty).
 PROBE_CS = (0.01, 0.1, 1.0)
+POOLS = ("cls", "mean", "bands")  # encoder_features' poolings, in the order the rows list them
 RANDOM_INIT = "none"
 FBANK = "fbank"
 
@@ -99,7 +101,14 @@ def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None,
 
 @torch.no_grad()
 def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """``{"cls": (M, D), "mean": (M, D)}``: class token and mean patch token, averaged over windows.
+    """Three poolings of each clip's tokens, each averaged over the clip's windows:
+
+    - ``"cls"`` ``(M, D)``: the class token, what the fine-tuning head reads by default;
+    - ``"mean"`` ``(M, D)``: the mean of the patch tokens over time *and* frequency;
+    - ``"bands"`` ``(M, F/p * D)``: the patch tokens averaged over time only, one ``D``-vector per
+      mel band of patches, concatenated. ``mean`` adds the bands together, so a frequency-specific
+      cue (a voice's pitch or formants) that the encoder codes by position is lost there and kept
+      here; a score far above ``mean``'s says the encoder holds that cue but pooling removes it.
 
     The clip's frames are cut into consecutive windows of ``window`` frames (the encoder's input
     length); windows that start past the clip's valid frames are left out of the average.
@@ -117,8 +126,11 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
     holds = (torch.arange(n)[None, :] * window < split.frames[:, None]).float()  # (M, n)
     holds[:, 0] = 1.0
     weights = (holds / holds.sum(1, keepdim=True))[..., None]  # (M, n, 1)
+    patches = tokens[:, prefix:]
+    bands = F // encoder.patch_embed.patch_size[1]  # tokens run time-major: (window / p) rows of `bands`
+    per_band = patches.reshape(M * n, -1, bands, patches.shape[-1]).mean(1).flatten(1)  # (M * n, bands * D)
     out = {}
-    for name, per_window in (("cls", tokens[:, 0]), ("mean", tokens[:, prefix:].mean(1))):
+    for name, per_window in (("cls", tokens[:, 0]), ("mean", patches.mean(1)), ("bands", per_band)):
         out[name] = (per_window.reshape(M, n, -1) * weights).sum(1).numpy()
     return out
 
@@ -249,7 +261,7 @@ def run_probes(
         for name, encoder in loaded.items():
             window = encoder.patch_embed.img_size[0]
             train_f, test_f = encoder_features(encoder, train, window), encoder_features(encoder, test, window)
-            for pool in ("cls", "mean"):
+            for pool in POOLS:
                 score = probe_score(train_f[pool], train.targets, test_f[pool], test.targets, multilabel)
                 rows.append({**common, "features": name, "pool": pool, "score": score})
         if progress:

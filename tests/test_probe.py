@@ -41,6 +41,13 @@ def test_encoder_features_average_only_windows_that_hold_audio():
     np.testing.assert_allclose(features["cls"][1], cls[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
     mean = tokens[:, 1:].mean(1).reshape(2, 3, -1)
     np.testing.assert_allclose(features["mean"][1], mean[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    # bands: a 32 x 128 window is a 2 x 8 grid of patches, time-major; average the 2 rows, keep the 8 bands
+    grid = tokens[:, 1:].reshape(2, 3, 2, 8, -1)
+    assert features["bands"].shape == (2, 8 * encoder.embed_dim)
+    np.testing.assert_allclose(features["bands"][1], grid[1].mean((0, 1)).flatten().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features["bands"][0], grid[0, :2].mean((0, 1)).flatten().numpy(), rtol=1e-5, atol=1e-6)
+    # the bands' mean is the plain mean: bands only keeps apart what mean adds together
+    np.testing.assert_allclose(features["bands"].reshape(2, 8, -1).mean(1), features["mean"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="shorter than"):
         probe.encoder_features(encoder, probe.ProbeSplit(spec[:, :, :16], torch.tensor([16, 16]), np.array([0, 1])), window=32)
 
@@ -71,7 +78,7 @@ def test_run_probes_on_esc50_and_audioset_layouts(tmp_path, monkeypatch):
     assert [(r["task"], r["features"], r["pool"]) for r in rows] == [
         (task, features, pool)
         for task in ("esc50", "audioset")
-        for features, pool in [("fbank", "mel mean+std"), ("tiny", "cls"), ("tiny", "mean"), ("random init", "cls"), ("random init", "mean")]
+        for features, pool in [("fbank", "mel mean+std")] + [(f, p) for f in ("tiny", "random init") for p in ("cls", "mean", "bands")]
     ]
     esc_rows = [r for r in rows if r["task"] == "esc50"]
     assert {r["train_clips"] for r in esc_rows} == {24} and {r["test_clips"] for r in esc_rows} == {6}
@@ -133,3 +140,30 @@ def test_cli_probes_several_random_seeds(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["checkpoints"]["random init (seed 2)"] == "none:2"
     with pytest.raises(SystemExit):
         probe.main([str(encoder_dir), "--random-seeds", "0"])
+
+
+class _PatchMeans(torch.nn.Module):
+    """A stand-in encoder whose tokens are its patches' mean values (D = 1), in timm's token order."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, patch: int = 16):
+        super().__init__()
+        self.patch_embed = torch.nn.Module()
+        self.patch_embed.patch_size = (patch, patch)
+        self.pool = torch.nn.AvgPool2d(patch)
+
+    def forward_features(self, x):
+        patches = self.pool(x).flatten(2).transpose(1, 2)  # (B, T/p * F/p, 1), time-major like timm's ViT
+        return torch.cat([patches.mean(1, keepdim=True), patches], dim=1)
+
+
+def test_bands_keep_frequency_apart_and_time_together():
+    # Energy in the lowest 16 mel bins only, during the first half of the window: band 0 must read
+    # it at half strength (averaged over time), the other bands must read nothing.
+    spec = torch.zeros(1, 1, 32, 128)
+    spec[0, 0, :16, :16] = 4.0
+    split = probe.ProbeSplit(spec, torch.tensor([32]), np.array([0]))
+    features = probe.encoder_features(_PatchMeans(), split, window=32)
+    np.testing.assert_allclose(features["bands"][0], [2.0] + [0.0] * 7)
+    np.testing.assert_allclose(features["mean"][0], [0.25])
