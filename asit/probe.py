@@ -4,7 +4,7 @@ Fine-tuning answers "does this initialisation end up better?", with a 10-20 poin
 seeds on the small built-in splits. The k-NN monitor (:mod:`asit.knn`) answers "are the frozen
 class tokens better?" on 40 queries. Neither is a steady enough measure for tuning pretraining.
 This module asks the same question as the k-NN monitor on every task at once, with more clips
-and a trained linear read-out, in under a minute per encoder on two CPU cores:
+and a trained linear read-out, in one to two minutes per encoder on two CPU cores:
 
 1. each clip's spectrogram (the first ``clip_frames`` frames) is cut into windows of the encoder's
    input length; a window's features are its class token (``cls``), the mean of its patch tokens
