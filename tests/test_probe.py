@@ -128,6 +128,19 @@ def test_random_inits_of_other_seeds_differ_and_leave_the_global_rng_alone():
         probe._encoder("none:one", reference)
 
 
+def test_seed_0_random_init_is_where_a_seed_0_pretraining_starts():
+    # The README compares pretrained encoders with "none": it must be their own starting weights.
+    from asit.config import get_preset
+    from asit.pretrain import build_student
+
+    start = build_student(get_preset("smoke", seed=0)).encoder
+    reference = create_encoder("tiny", num_frames=start.patch_embed.img_size[0], depth=len(start.blocks))
+    drawn = probe._encoder(probe.random_init(0), reference)
+    assert list(start.state_dict()) == list(drawn.state_dict())
+    for (name, expected), actual in zip(start.state_dict().items(), drawn.state_dict().values()):
+        assert torch.equal(expected, actual), name
+
+
 def test_cli_probes_several_random_seeds(tmp_path, monkeypatch):
     from asit.models import save_encoder
 
