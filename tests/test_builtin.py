@@ -227,15 +227,24 @@ def test_loaders_read_the_builtin_layout(built, name, folder, splits, options):
 
 
 def test_voxceleb1_splits_have_the_sizes_the_constants_give(tmp_path):
-    """Each speaker has VOX_UTTERANCES (train, val, test) utterances, scaled: the test split is the
-    largest, so that two encoders compared on it differ by more than a clip or two."""
+    """Each speaker has VOX_UTTERANCES (train, val, test) utterances, scaled, with the training ones
+    spread evenly over VOX_TRAIN_VIDEOS videos (channels), so that no channel stands for a speaker."""
     scale = 0.5
     builtin.build_builtin(tmp_path, seed=0, scale=scale, only="voxceleb1")
     counts: dict[str, list[int]] = {}
+    train_videos: dict[str, dict[str, int]] = {}
     for line in (tmp_path / "voxceleb1" / "iden_split.txt").read_text().splitlines():
         split, rel = line.split()
-        counts.setdefault(rel.split("/")[0], [0, 0, 0])[int(split) - 1] += 1
+        speaker, video, _ = rel.split("/")
+        counts.setdefault(speaker, [0, 0, 0])[int(split) - 1] += 1
+        if split == "1":
+            videos = train_videos.setdefault(speaker, {})
+            videos[video] = videos.get(video, 0) + 1
     expected = [max(1, round(n * scale)) for n in builtin.VOX_UTTERANCES]
     assert len(counts) == round(builtin.VOX_SPEAKERS * scale)
     assert all(c == expected for c in counts.values()), counts
-    assert expected[2] > expected[0]
+    n_videos = min(builtin.VOX_TRAIN_VIDEOS, expected[0])
+    assert n_videos > 1 and expected[2] > expected[1]  # several training channels; a test split larger than validation
+    for speaker, videos in train_videos.items():
+        assert len(videos) == n_videos, (speaker, videos)
+        assert max(videos.values()) - min(videos.values()) <= 1, (speaker, videos)

@@ -75,3 +75,23 @@ def test_bad_file_and_encoder_only_checkpoint(tmp_path, classifier, capsys):
     encoder_dir = models.save_encoder(models.create_encoder("tiny", 64), tmp_path / "encoder", {})
     with pytest.raises(ValueError, match="not a fine-tuned classifier"):
         predict([good], encoder_dir or tmp_path / "encoder")
+
+
+def test_a_mean_pooled_classifier_scores_files_as_fine_tuning_scored_them(tmp_path):
+    """The saved classifier keeps its read-out (the cpu preset's pool="mean"): asit.predict gives each
+    test file the scores that fine-tuning's own evaluation gave it."""
+    from asit.finetune import build_datasets, subset_paths
+
+    root = write_speech_commands(tmp_path / "sc", version=2, words=WORDS, speakers=3)
+    task = get_task("ks2", "smoke", pool="mean", eval_windows=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run = finetune(task, "fixture", root, checkpoint="none", output_dir=tmp_path / "out", device="cpu", progress=False)
+        test_files = subset_paths(build_datasets(task, root, fold=None)["test"])
+    predictor = Predictor(run["classifier_paths"][0])
+    assert predictor.model.pool == "mean"
+    expected = torch.as_tensor(run["predictions"]["scores"])
+    assert expected.shape[0] == len(test_files) > 0
+    got = torch.stack([predictor.scores(path) for path in test_files])
+    order = [predictor.classes.index(c) for c in run["classes"]]  # the same class order either way
+    torch.testing.assert_close(got[:, order], expected.float(), atol=1e-4, rtol=0)
