@@ -99,6 +99,30 @@ def test_reconstruction_loss_falls_on_a_fixed_batch():
     assert last < 0.85 * first, losses
 
 
+def test_local_crops_join_the_global_loss_as_extra_student_views():
+    """With num_local_crops (DINO multi-crop, the cpu preset's) the global loss also matches the student's
+    class tokens of short crops of the clean views to the teacher's: replayed by hand, it is the engine's."""
+    import copy
+
+    cfg = get_preset("smoke", num_local_crops=2, local_crop_frames=32, drop_path_rate=0.0)
+    state = engine.build_training(cfg, "cpu", stats=None, steps_per_epoch=4)
+    waves, lengths = _fixed_batch(cfg)
+    it, (batch, views, samples) = 1, waves.shape
+    spec = state.frontend(waves.transpose(0, 1).reshape(views * batch, samples), lengths.T.reshape(-1))
+    corrupted, _ = engine._mask_views(state, spec, views, it)
+    local = engine._local_crops(spec, cfg, state.mask_generator)  # the generator continues from the masks
+    assert local.shape == (2 * batch, 1, 32, spec.shape[-1])
+    with torch.no_grad():
+        teacher = state.teacher(spec, return_reconstruction=False).global_out
+        full = state.student(corrupted).global_out
+        student = torch.cat([full, state.student(local, return_reconstruction=False).global_out])
+        expected = copy.deepcopy(state.losses)["global"](student, teacher, it // 4)
+        full_views_only = copy.deepcopy(state.losses)["global"](full, teacher, it // 4)
+    out = engine.train_step(state, waves, lengths, it)
+    torch.testing.assert_close(out["global"], expected, rtol=1e-4, atol=1e-4)
+    assert abs(out["global"].item() - full_views_only.item()) > 1e-3
+
+
 @pytest.mark.parametrize("switch", ["use_global", "use_local", "use_reconstruction"])
 def test_each_objective_switch_removes_its_loss(switch):
     cfg = get_preset("smoke", **{switch: False})
