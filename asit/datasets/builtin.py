@@ -593,10 +593,9 @@ def _build_voxceleb1(root: Path, seed: int, scale: float, workers: int) -> dict:
     n_train, n_val, n_test = (_scaled(n, scale, 1) for n in VOX_UTTERANCES)
     rng = _rng(seed, "voxceleb1-speakers")
     voices = _make_voices(rng, n_speakers)
-    # Utterances of a split come from its own videos (sessions with their own channel), as the
-    # identification protocol holds out whole videos.
-    # Training utterances go round-robin over VOX_TRAIN_VIDEOS videos (slots 0..n-1), validation and
-    # test each get one more video of their own (slots n and n + 1).
+    # Each video is a session with its own channel, and no video feeds two splits (the identification
+    # protocol holds out whole videos): training utterances go round-robin over VOX_TRAIN_VIDEOS videos
+    # (slots 0..n-1), validation and test each get one more video of their own (slots n and n + 1).
     n_videos = min(VOX_TRAIN_VIDEOS, n_train)
     splits = [1] * n_train + [2] * n_val + [3] * n_test
     jobs = []  # (speaker, utterance, split, video slot)
