@@ -394,15 +394,18 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower() or "ALLOC_FAILED" in str(err)
 
 
-def speed_pretrain_step(device: torch.device, steps: int = 10) -> dict:
-    """ViT-B pretraining step at batch 64 under the AMP policy, eager and ``torch.compile``-d (via :mod:`asit.bench`)."""
+def speed_pretrain_step(device: torch.device, size: str = "base", batch: int = 64, steps: int = 10, extra: Sequence[str] = ()) -> dict:
+    """ViT-B pretraining step at batch 64 under the AMP policy, eager and ``torch.compile``-d (via :mod:`asit.bench`).
+
+    ``extra``: more :mod:`asit.bench` options (the tests shrink the shapes with them).
+    """
     mode, peak = amp_mode(device), bench.peak_flops_for(device)
     out: dict[str, Any] = {"amp": mode, "peak_bf16_flops": peak}
-    for name, extra in (("eager", ()), ("compiled", ("--compile",))):
-        args = _bench_args(device, "--only", "step", "--sizes", "base", "--batch-size", "64", "--steps", str(steps),
-                           "--warmup", "3", "--amp", mode, *extra)
+    for name, compile_flag in (("eager", ()), ("compiled", ("--compile",))):
+        args = _bench_args(device, "--only", "step", "--sizes", size, "--batch-size", str(batch), "--steps", str(steps),
+                           "--warmup", "3", "--amp", mode, *compile_flag, *extra)
         try:
-            out[name] = bench.bench_step(args, device, peak)["base"]
+            out[name] = bench.bench_step(args, device, peak)[size]
         except Exception as err:  # noqa: BLE001 - an OOM or a compiler failure is a finding, not a crash
             out[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
         _release(device)
@@ -411,29 +414,31 @@ def speed_pretrain_step(device: torch.device, steps: int = 10) -> dict:
     return out
 
 
-def speed_masking(device: torch.device) -> dict:
+def speed_masking(device: torch.device, batch: int = 64, num_frames: int = 592) -> dict:
     """Batched group masking on the GPU against the released per-sample loop on the CPU (batch 64, 592 x 128)."""
-    return bench.bench_masking(_bench_args(device, "--mask-batch", "64", "--num-frames", "592", "--repeats", "3"), device)
+    args = _bench_args(device, "--mask-batch", str(batch), "--num-frames", str(num_frames), "--repeats", "3")
+    return bench.bench_masking(args, device)
 
 
-def speed_end_to_end(device: torch.device, workers: int, steps: int = 20) -> dict:
+def speed_end_to_end(device: torch.device, workers: int, size: str = "small", batch: int = 32, steps: int = 20,
+                     extra: Sequence[str] = ()) -> dict:
     """The ``gpu`` preset's step (ViT-S, batch 32, its 4096 / 1024 heads) fed from WAV files by
     ``workers`` DataLoader workers, against the step alone (via :mod:`asit.bench`)."""
-    args = _bench_args(device, "--e2e-size", "small", "--batch-size", "32", "--steps", str(steps), "--warmup", "3",
-                       "--workers", str(workers), "--amp", amp_mode(device), "--global-dim", "4096", "--local-dim", "1024")
+    args = _bench_args(device, "--e2e-size", size, "--batch-size", str(batch), "--steps", str(steps), "--warmup", "3",
+                       "--workers", str(workers), "--amp", amp_mode(device), "--global-dim", "4096", "--local-dim", "1024", *extra)
     with tempfile.TemporaryDirectory(prefix="asit-gpu-check-") as tmp:
         folder = Path(tmp) / "clips"
-        bench.write_test_clips(folder, 64, 10.0, 32_000)
+        bench.write_test_clips(folder, 2 * batch, 10.0, 32_000)
         return bench.bench_end_to_end(args, device, folder)
 
 
-def speed_finetune(device: torch.device, steps: int = 10, warmup: int = 3) -> dict:
+def speed_finetune(device: torch.device, steps: int = 10, warmup: int = 3, preset: str = "gpu") -> dict:
     """Fine-tuning steps per second at the ``gpu`` preset's model, input length and batch (fbank on the device)."""
     from asit.tasks import get_task
 
-    out: dict[str, Any] = {"amp": amp_mode(device)}
+    out: dict[str, Any] = {"amp": amp_mode(device), "preset": preset}
     for name in FINETUNE_TASKS:
-        task = get_task(name, "gpu")
+        task = get_task(name, preset)
         waves, lengths = test_waves(task.batch_size, None, task.num_frames)
         targets = torch.arange(task.batch_size, device=device) % 10
         waves, lengths = waves.to(device), lengths.to(device)

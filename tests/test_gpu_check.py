@@ -102,8 +102,8 @@ def test_largest_batch_projection_reads_the_capacity_figures():
 
     cfg = get_preset("gpu")
     assert out["gpu_preset_pretraining"]["steps"] == cfg.epochs * (726 // cfg.batch_size)
-    assert out["gpu_preset_pretraining"]["hours"] == pytest.approx(out["gpu_preset_pretraining"]["steps"] * 0.5 / 3600, rel=1e-3)
-    assert out["paper_audioset_2m_epoch"]["hours_one_gpu"] == pytest.approx(gpu_check.AUDIOSET_2M_CLIPS / 100 / 3600, rel=1e-3)
+    assert out["gpu_preset_pretraining"]["hours"] == pytest.approx(out["gpu_preset_pretraining"]["steps"] * 0.5 / 3600, rel=1e-2)
+    assert out["paper_audioset_2m_epoch"]["hours_one_gpu"] == pytest.approx(gpu_check.AUDIOSET_2M_CLIPS / 100 / 3600, rel=1e-2)
 
 
 # ----------------------------------------------------------------------------- on a GPU
@@ -131,3 +131,17 @@ def test_gpu_largest_batch_search_stops_at_an_out_of_memory():
     fits = [int(b) for b, m in result["trials_peak_memory_mib"].items() if m is not None]
     assert result["largest_batch_that_fits"] == max(fits)
     assert all(not math.isnan(m) for m in result["trials_peak_memory_mib"].values() if m is not None)
+
+
+@pytest.mark.gpu
+def test_gpu_speed_sections_at_tiny_shapes():
+    device = torch.device("cuda")
+    tiny = ("--num-frames", "64", "--global-dim", "256", "--local-dim", "64", "--steps", "2", "--warmup", "1")
+    step = gpu_check.speed_pretrain_step(device, "tiny", 4, steps=2, extra=tiny)
+    assert step["eager"]["clips_per_s"] > 0 and step["eager"]["peak_memory_mib"] > 0
+    masking = gpu_check.speed_masking(device, 8, 64)
+    assert masking["patch"]["batched_device_clips_per_s"] > 0
+    e2e = gpu_check.speed_end_to_end(device, 2, "tiny", 4, steps=2, extra=tiny)
+    assert 0 < e2e["ratio_end_to_end_over_step"]
+    finetune = gpu_check.speed_finetune(device, steps=1, warmup=1, preset="smoke")
+    assert all(finetune[task]["clips_per_s"] > 0 for task in gpu_check.FINETUNE_TASKS)
