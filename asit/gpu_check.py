@@ -374,12 +374,39 @@ def check_checkpoint(device: torch.device, shapes: Shapes) -> dict:
     return out
 
 
+def check_collectives(device: torch.device) -> dict:
+    """One-process NCCL (gloo on the CPU) group: an all-reduce as DDP and the loss centers use it."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return {"backend": dist.get_backend(), "skipped": "a process group is already running", "ok": True}
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    with socket.socket() as sock:  # a free local port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        value = torch.arange(4.0, device=device)
+        dist.all_reduce(value)
+        ok = bool(torch.equal(value.cpu(), torch.arange(4.0)))
+        error = None
+    except Exception as err:  # noqa: BLE001 - reported, and the check fails
+        ok, error = False, f"{type(err).__name__}: {err}"
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return {"backend": backend, "error": error, "ok": ok}
+
+
 CORRECTNESS = {
     "fbank": check_fbank,
     "masking": check_masking,
     "pretrain_amp": check_pretrain_amp,
     "finetune_amp": check_finetune_amp,
     "checkpoint": check_checkpoint,
+    "collectives": lambda device, shapes: check_collectives(device),
 }
 
 
@@ -732,6 +759,8 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
     rows.append(("checkpoint written on the device, resumed on CPU", _verdict(k["ok"]),
                  f"tensors equal {k['tensors_equal']}, resume {k['resume_on_cpu']}"
                  + (f", teacher diff {k['teacher_max_abs_diff']:.2g}" if "teacher_max_abs_diff" in k else "")))
+    d = c["collectives"]
+    rows.append((f"{d['backend']} all-reduce, one process", _verdict(d["ok"]), d.get("error") or d.get("skipped") or ""))
     rows += _speed_rows(results)
     return rows
 

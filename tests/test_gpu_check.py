@@ -21,7 +21,7 @@ def test_cpu_run_checks_every_path_and_writes_its_table(tmp_path, capsys):
     results = json.loads(output.read_text())
     assert results["ok"] and results["device"] == "cpu" and results["amp_policy"] == "off"
     checks = results["correctness"]
-    assert set(checks) == {"fbank", "masking", "pretrain_amp", "finetune_amp", "checkpoint"}
+    assert set(checks) == {"fbank", "masking", "pretrain_amp", "finetune_amp", "checkpoint", "collectives"}
     assert all(check["ok"] for check in checks.values())
     for name in ("pretrain_amp", "finetune_amp"):  # every mode ran from the same weights on the same batch
         assert set(checks[name]) >= {"off", "bf16", "fp16"}
