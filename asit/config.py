@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asit.training import apply_settings
+
 if TYPE_CHECKING:  # pragma: no cover
     from asit.masking import MaskingConfig
 
@@ -307,55 +309,10 @@ def ablation_preset(name: str, **overrides: Any) -> PretrainConfig:
     return get_preset(name, **{**ABLATION_BUDGET[name], **overrides})
 
 
-def _convert(text: str, current: Any, name: str) -> Any:
-    if isinstance(current, bool):
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected true/false, got {text!r}")
-    if isinstance(current, int):
-        return int(float(text)) if text.strip().lower() not in ("",) else current
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, (list, tuple)):
-        parts = [p for p in (s.strip() for s in text.split(",")) if p]
-        kind = type(current[0]) if len(current) else str
-        values = [_convert(p, kind(), name) if kind is not str else p for p in parts]
-        return type(current)(values)
-    if current is None:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    return text
-
-
 def override(cfg: PretrainConfig, *assignments: str) -> PretrainConfig:
-    """Return a copy of ``cfg`` with ``"key=value"`` assignments applied (the CLI's ``--set``).
-
-    Values are converted to the field's current type (``true``/``false`` for booleans, comma
-    separated lists); ``masking.<field>=value`` sets a field of the masking config.
-    """
-    cfg = dataclasses.replace(cfg)
-    for assignment in assignments:
-        if "=" not in assignment:
-            raise ValueError(f"expected key=value, got {assignment!r}")
-        key, text = assignment.split("=", 1)
-        key = key.strip()
-        outer, attr = key.split(".", 1) if "." in key else ("", key)
-        target = getattr(cfg, outer, None) if outer else cfg
-        if target is None or not dataclasses.is_dataclass(target) or not hasattr(target, attr):
-            fields = dataclasses.fields(target) if dataclasses.is_dataclass(target) else dataclasses.fields(cfg)
-            choices = ", ".join(f.name for f in fields)
-            raise ValueError(f"unknown setting {key!r}; known: {choices}")
-        value = _convert(text, getattr(target, attr), key)
-        if outer:  # the masking config may be frozen: rebuild it
-            cfg = dataclasses.replace(cfg, **{outer: dataclasses.replace(target, **{attr: value})})
-        else:
-            cfg = dataclasses.replace(cfg, **{attr: value})
-    return cfg
+    """A copy of ``cfg`` with ``"key=value"`` assignments applied (the CLI's ``--set``), by the one
+    ``--set`` grammar both configs share (:func:`asit.training.apply_settings`)."""
+    return apply_settings(cfg, assignments)
 
 
 __all__ = ["PretrainConfig", "PRESETS", "ABLATION_BUDGET", "MAY_CHANGE_ON_RESUME", "ablation_preset", "get_preset", "override"]
