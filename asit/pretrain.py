@@ -1,7 +1,7 @@
 """ASiT pretraining driver: config, data, engine, checkpoints, results, and the CLI.
 
     python -m asit.pretrain --preset cpu
-    python -m asit.pretrain --preset smoke --set epochs=3 --set masking.max_ratio=0.5
+    python -m asit.pretrain --preset smoke --set epochs=3 --set masking.max_fraction=0.5
     torchrun --nproc_per_node=4 -m asit.pretrain --preset paper --set data_root=/data/audioset
 
 The step, the epoch loop and the k-NN monitor are :mod:`asit.engine_pretrain`'s; the shared
@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "paper (ViT-B, AudioSet-2M, the authors' hyper-parameters)")
     parser.add_argument("--config", default=None, help="a config.json from an earlier run (replaces the preset)")
     parser.add_argument("--set", dest="assignments", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_ratio=0.5; "
+                        help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_fraction=0.5; "
                              "see asit/config.py for every field and what to try when training is unstable")
     parser.add_argument("--resume", default=None,
                         help="'auto' continues from <run_dir>/checkpoint.pth if present, 'never' starts over, "

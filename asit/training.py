@@ -262,7 +262,7 @@ def apply_settings(cfg: Any, assignments: Iterable[str]) -> Any:
 
     Values are converted to the field's current type (``true``/``false`` for booleans, comma
     separated lists or tuples, ``(1, 2)`` too; Python or JSON literals for fields now ``None``);
-    ``outer.field=value`` sets a field of a nested config (``masking.max_ratio=0.5``).
+    ``outer.field=value`` sets a field of a nested config (``masking.max_fraction=0.5``).
     """
     cfg = dataclasses.replace(cfg)
     for assignment in assignments:
