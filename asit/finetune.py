@@ -444,18 +444,14 @@ def finetune(
     Args:
         task_cfg: a :class:`~asit.tasks.TaskConfig` (``get_task(name, preset)``) or a task name
             (its ``paper`` preset).
-        dataset: label of the data in the result file: ``"builtin"`` (the built-in copy, needs no
-            ``data_root``) or any name for real data (e.g. ``"official"``), which needs ``data_root``.
-        data_root: the unpacked data set in its publisher's layout (None: the built-in copy).
+        dataset: the data's label in the result file: ``"builtin"`` (no ``data_root``) or a name
+            for real data (e.g. ``"official"``) in ``data_root``, its publisher's layout.
         checkpoint: encoder dir / safetensors, ``"auto"``, ``"none"`` or ``"imagenet:<path>"``
-            (see :func:`resolve_checkpoint`).
+            (:func:`asit.classifier.resolve_checkpoint`); ``output_dir`` is where ``"auto"`` looks.
         mode: ``"finetune"`` (every weight trains) or ``"linear"`` (frozen encoder, linear head).
-        output_dir: where results go and where ``"auto"`` looks for pretraining output.
-        device: ``None``/``"auto"``: CUDA, else MPS, else CPU.
-        progress: tqdm progress bars and one line per epoch.
+        device: ``None``/``"auto"``: CUDA, else MPS, else CPU. ``progress``: bars, a line per epoch.
         seed: seeds Python, NumPy, torch, the data order, crops and augmentations.
-        write_result: write the result JSON, the epoch log and the classifier (off for a
-            throw-away comparison run).
+        write_result: write the result JSON, the epoch log and the classifier.
         baseline_metrics: the random-init run's metrics under the same budget, stored beside ours.
         baseline_encoder: that run's ``encoder`` description (kind, size, depth), stored too; a
             warning says so when its shape differs from ours (the comparison is then not fair).
