@@ -37,7 +37,9 @@ import contextlib
 import dataclasses
 import gc
 import json
+import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -46,11 +48,24 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from asit import bench
+from asit import checkpoint as ckpt
 from asit.audio import DATASET_STATS, kaldi_fbank, normalize, pad_or_crop, samples_for_frames
+from asit.augment import SpecAugment
+from asit.classifier import AudioClassifier
+from asit.config import MAY_CHANGE_ON_RESUME, get_preset
+from asit.engine_finetune import FinetuneState, lr_schedule, train_one_epoch
+from asit.engine_pretrain import TrainState, build_training, train_step
+from asit.features import FbankFrontend
 from asit.masking import MaskingConfig, fraction_bounds, group_mask, masked_fraction
+from asit.models import create_encoder
+from asit.pretrain import build_pretraining_data, load_training_state, training_state_dict
+from asit.session import pick_device
+from asit.tasks import TaskConfig, get_task
+from asit.training import NonFiniteLossError, grad_scaler, param_groups, resolve_amp
 
 STATS = DATASET_STATS["audioset"]
 FBANK_TOLERANCE = 1e-4  # max |device - CPU| of the normalised fbank (the issue's bound)
@@ -90,82 +105,56 @@ GPU_SHAPES = Shapes("base", 0, 592, 8, 8192, 1024, 2048, 256, 64, 1024)  # the p
 # Every call gpu_check makes into the pretraining and fine-tuning engines is in this section.
 
 
-def amp_mode(device: torch.device) -> str:
-    """The engine's AMP policy for ``device``: ``"bf16"``, ``"fp16"`` (with a GradScaler) or ``"off"``."""
-    from asit.pretrain import resolve_amp
+def amp_mode(device: torch.device, amp: str = "auto") -> str:
+    """The engines' AMP policy (:func:`asit.training.resolve_amp`) for ``device``: ``"bf16"``,
+    ``"fp16"`` (with a GradScaler) or ``"off"``."""
+    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_amp(amp, device)]
 
-    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_amp("auto", device)]
 
-
-def build_pretraining(cfg, device: torch.device, steps_per_epoch: int = 10):
-    from asit.pretrain import build_training
-
+def build_pretraining(cfg, device: torch.device, steps_per_epoch: int = 10) -> TrainState:
     return build_training(cfg, device, STATS, steps_per_epoch=steps_per_epoch)
 
 
-def pretrain_step(state, waves: torch.Tensor, lengths: torch.Tensor, it: int) -> dict[str, torch.Tensor]:
-    from asit.pretrain import train_step
-
+def pretrain_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it: int) -> dict[str, torch.Tensor]:
     return train_step(state, waves, lengths, it)
 
 
-def save_pretraining(state, run_dir: Path) -> Path:
-    from asit import checkpoint as ckpt
-    from asit.pretrain import training_state_dict
-
+def save_pretraining(state: TrainState, run_dir: Path) -> Path:
     payload = {**training_state_dict(state), "epoch": 0, "step_in_epoch": 1}
     return ckpt.save_checkpoint(payload, run_dir, state.cfg, epoch=None, keep_last=1)
 
 
-def load_pretraining(path: Path, cfg, state=None) -> dict:
+def load_pretraining(path: Path, cfg, state: TrainState | None = None) -> dict:
     """The checkpoint at ``path`` read onto the CPU; loaded into ``state`` (the engine's resume) if given."""
-    from asit import checkpoint as ckpt
-    from asit.config import MAY_CHANGE_ON_RESUME
-    from asit.pretrain import load_training_state
-
     saved = ckpt.load_checkpoint(path, cfg, may_change=MAY_CHANGE_ON_RESUME, map_location="cpu")
     if state is not None:
         load_training_state(state, saved)
     return saved
 
 
-@dataclass
-class FinetuneParts:
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    frontend: nn.Module
-    amp: str
-    device: torch.device
-
-
-def build_finetuning(size: str, depth: int, num_frames: int, num_classes: int, amp: str, device: torch.device) -> FinetuneParts:
-    """A classifier on a fresh encoder with the fine-tuning engine's optimiser groups, seeded."""
-    from asit.features import FbankFrontend
-    from asit.finetune import AudioClassifier, _parameter_groups
-    from asit.models import create_encoder
-
+def build_finetuning(task: TaskConfig, amp: str, device: torch.device, num_classes: int = 10, schedule_steps: int = 100) -> FinetuneState:
+    """The fine-tuning engine's state for ``task`` on a fresh, seeded encoder (no data set: tensors come in)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        encoder = create_encoder(size, num_frames=num_frames, drop_path_rate=0.0, **({"depth": depth} if depth else {}))
-        model = AudioClassifier(encoder, num_classes).to(device)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, 5e-7), lr=5e-5)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    return FinetuneParts(model, optimizer, scaler, FbankFrontend(num_frames, STATS).to(device), amp, device)
+        encoder = create_encoder(task.model_size, num_frames=task.num_frames, drop_path_rate=task.drop_path_rate,
+                                 **({"depth": task.depth} if task.depth else {}))
+        model = AudioClassifier(encoder, num_classes, pool=task.pool).to(device)
+    amp_dtype = resolve_amp(amp, device)
+    groups = param_groups(model, task.weight_decay, task.layer_decay, decay_embeddings=False)
+    return FinetuneState(
+        task=task, model=model, criterion=nn.CrossEntropyLoss(), optimizer=torch.optim.AdamW(groups, lr=task.lr),
+        scaler=grad_scaler(device, amp_dtype), amp_dtype=amp_dtype,
+        frontend=FbankFrontend(task.num_frames, STATS).to(device),
+        spec_augment=SpecAugment(task.freq_mask, task.time_mask).to(device), noise=None,
+        generator=torch.Generator().manual_seed(0), lrs=lr_schedule(task, schedule_steps, task.lr),
+        steps_per_epoch=1, num_classes=num_classes, multilabel=False, device=device,
+    )
 
 
-def finetune_step(parts: FinetuneParts, waves: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """One step as the fine-tuning engine takes it (fbank on the device, autocast, cross-entropy)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(parts.amp)
-    spec = parts.frontend(waves, lengths)
-    with torch.autocast(parts.device.type, dtype=dtype, enabled=dtype is not None):
-        logits = parts.model(spec)
-    loss = nn.functional.cross_entropy(logits.float(), targets)
-    parts.optimizer.zero_grad(set_to_none=True)
-    parts.scaler.scale(loss).backward()
-    parts.scaler.step(parts.optimizer)
-    parts.scaler.update()
-    return loss.detach()
+def finetune_steps(state: FinetuneState, batch: dict, steps: int = 1) -> float:
+    """``steps`` steps of the engine's epoch on one batch; their mean loss (raises on a non-finite one)."""
+    state.steps_per_epoch = steps
+    return train_one_epoch(state, [batch] * steps, epoch=0, skipped=[])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -173,7 +162,6 @@ def finetune_step(parts: FinetuneParts, waves: torch.Tensor, lengths: torch.Tens
 
 def pretrain_config(shapes: Shapes, amp: str = "auto", **overrides: Any):
     """The paper's pretraining config at ``shapes`` (no data set: the checks feed tensors)."""
-    from asit.config import get_preset
 
     return get_preset(
         "paper", model_size=shapes.model_size, depth=shapes.depth, num_frames=shapes.num_frames,
@@ -210,7 +198,6 @@ def _release(device: torch.device) -> None:
 
 def check_fbank(device: torch.device, shapes: Shapes) -> dict:
     """The batched fbank on ``device`` against the CPU batch and the per-clip reference."""
-    from asit.features import FbankFrontend
 
     waves, lengths = test_waves(shapes.mask_batch, None, shapes.num_frames)
     lengths[0] = lengths[0] // 2  # one short clip: the frames past its end must be zeroed
@@ -304,7 +291,7 @@ def check_pretrain_amp(device: torch.device, shapes: Shapes) -> dict:
         before = [p.detach().clone() for p in state.student.parameters()]
         losses = [_floats(pretrain_step(state, waves, lengths, it)) for it in range(2)]
         moved = any(not torch.equal(b, p) for b, p in zip(before, state.student.parameters()))
-        finite = all(v == v and abs(v) != float("inf") for step in losses for v in step.values())
+        finite = all(math.isfinite(v) for step in losses for v in step.values())
         finite = finite and all(bool(torch.isfinite(p).all()) for p in state.student.parameters())
         result = {"losses": [{k: v for k, v in s.items() if k != "finite"} for s in losses], "finite": finite,
                   "weights_moved": moved,  # False: fp16's scaler dropped both steps (overflow at its first scales)
@@ -317,19 +304,24 @@ def check_pretrain_amp(device: torch.device, shapes: Shapes) -> dict:
 
 
 def check_finetune_amp(device: torch.device, shapes: Shapes, num_classes: int = 10) -> dict:
-    """Two fine-tuning steps on one batch, in fp32 and each AMP mode, from the same weights."""
+    """Two fine-tuning steps on one batch through the engine's epoch loop, in fp32 and each AMP
+    mode, from the same weights (SpecAugment, mixup and drop path off: the same input every time)."""
+    task = get_task("esc50", "smoke", model_size=shapes.model_size, depth=shapes.depth, num_frames=shapes.finetune_frames,
+                    freq_mask=0, time_mask=0, mixup=0.0, drop_path_rate=0.0, warmup_epochs=0.0)
     waves, lengths = test_waves(shapes.batch_size * 2, None, shapes.finetune_frames)
-    targets = torch.arange(len(waves)) % num_classes
-    waves, lengths, targets = waves.to(device), lengths.to(device), targets.to(device)
+    batch = {"wave": waves, "length": lengths, "target": torch.arange(len(waves)) % num_classes}
 
     def run(mode: str) -> dict:
-        parts = build_finetuning(shapes.model_size, shapes.depth, shapes.finetune_frames, num_classes, mode, device)
-        losses = [{"loss": float(finetune_step(parts, waves, lengths, targets))} for _ in range(2)]
-        finite = all(abs(s["loss"]) < float("inf") for s in losses) and all(
-            bool(torch.isfinite(p).all()) for p in parts.model.parameters())
-        del parts
+        state = build_finetuning(task, mode, device, num_classes)
+        try:
+            losses = [{"loss": finetune_steps(state, batch)} for _ in range(2)]
+            finite = all(bool(torch.isfinite(p).all()) for p in state.model.parameters())
+        except NonFiniteLossError:
+            losses, finite = [{"loss": math.nan}] * 2, False
+        result = {"losses": losses, "finite": finite, "scale": float(state.scaler.get_scale()) if state.scaler.is_enabled() else None}
+        del state
         _release(device)
-        return {"losses": losses, "finite": finite}
+        return result
 
     return _compare_modes(run, amp_modes(device))
 
@@ -376,10 +368,6 @@ def check_checkpoint(device: torch.device, shapes: Shapes) -> dict:
 
 def check_collectives(device: torch.device) -> dict:
     """One-process NCCL (gloo on the CPU) group: an all-reduce as DDP and the loss centers use it."""
-    import socket
-
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return {"backend": dist.get_backend(), "skipped": "a process group is already running", "ok": True}
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -460,31 +448,28 @@ def speed_end_to_end(device: torch.device, workers: int, size: str = "small", ba
 
 
 def speed_finetune(device: torch.device, steps: int = 10, warmup: int = 3, preset: str = "gpu") -> dict:
-    """Fine-tuning steps per second at the ``gpu`` preset's model, input length and batch (fbank on the device)."""
-    from asit.tasks import get_task
-
+    """Fine-tuning clips per second at the ``gpu`` preset's model, input length, batch and
+    augmentations, through the engine's epoch loop (fbank, SpecAugment and mixup on the device)."""
     out: dict[str, Any] = {"amp": amp_mode(device), "preset": preset}
     for name in FINETUNE_TASKS:
         task = get_task(name, preset)
         waves, lengths = test_waves(task.batch_size, None, task.num_frames)
-        targets = torch.arange(task.batch_size, device=device) % 10
-        waves, lengths = waves.to(device), lengths.to(device)
+        batch = {"wave": waves.pin_memory() if device.type == "cuda" else waves, "length": lengths,
+                 "target": torch.arange(task.batch_size) % 10}
         with bench.PeakMemory(device) as mem:
-            parts = build_finetuning(task.model_size, task.depth, task.num_frames, 10, out["amp"], device)
-            for _ in range(warmup):
-                finetune_step(parts, waves, lengths, targets)
+            state = build_finetuning(task, "auto", device)
+            finetune_steps(state, batch, warmup)
             bench.synchronize(device)
             start = time.perf_counter()
-            for _ in range(steps):
-                finetune_step(parts, waves, lengths, targets)
+            finetune_steps(state, batch, steps)
             bench.synchronize(device)
             seconds = (time.perf_counter() - start) / steps
         out[name] = {"model_size": task.model_size, "num_frames": task.num_frames, "batch_size": task.batch_size,
                      "step_s": bench._round(seconds), "clips_per_s": bench._round(task.batch_size / seconds),
                      "peak_memory_mib": mem.mib}
-        del parts
+        del state
         _release(device)
-    out["note"] = "classifier step on noise crops; SpecAugment and mixup (cheap, on the device) left out"
+    out["note"] = "the engine's epoch loop on one batch of noise crops, copied from pinned memory each step"
     return out
 
 
@@ -532,7 +517,6 @@ def largest_batch(preset: str, device: torch.device, cap: int = 4096, steps: int
     the batches that fit, fitted linearly, gives the batch that would fit a 16 GB T4 (on this
     GPU's kernels; the T4's own attention kernels differ).
     """
-    from asit.config import get_preset
 
     cfg = get_preset(preset, datasets=[], amp="auto")
     state = build_pretraining(cfg, device)
@@ -571,7 +555,6 @@ def largest_batch(preset: str, device: torch.device, cap: int = 4096, steps: int
 
 def projections(capacity: dict, pool_clips: int | None) -> dict:
     """Hours of one ``gpu``-preset pretraining (built-in pool) and one AudioSet-2M epoch of ``paper``."""
-    from asit.config import get_preset
 
     out: dict[str, Any] = {}
     gpu, paper = capacity.get("gpu", {}), capacity.get("paper", {})
@@ -591,8 +574,6 @@ def projections(capacity: dict, pool_clips: int | None) -> dict:
 
 def pool_size() -> int | None:
     """Clips of the built-in pretraining pool (``make data``), None when it is not built."""
-    from asit.config import get_preset
-    from asit.pretrain import build_pretraining_data
 
     try:
         return len(build_pretraining_data(get_preset("gpu")))
@@ -640,7 +621,6 @@ def t4_estimate(preset: str = "gpu", batches: Sequence[int] = (1, 2, 3), **overr
     attention and no dropout (Korthikanti et al. 2022, "Reducing Activation Recomputation in
     Large Transformer Models", their 34 sbh less the two dropout masks).
     """
-    from asit.config import get_preset
 
     cfg = get_preset(preset, datasets=[], amp="bf16", device="cpu", **overrides)
     state = build_pretraining(cfg, torch.device("cpu"))
@@ -845,7 +825,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from asit.session import pick_device
 
     args = build_parser().parse_args(argv)
     if args.table:

@@ -145,3 +145,43 @@ def test_gpu_speed_sections_at_tiny_shapes():
     assert 0 < e2e["ratio_end_to_end_over_step"]
     finetune = gpu_check.speed_finetune(device, steps=1, warmup=1, preset="smoke")
     assert all(finetune[task]["clips_per_s"] > 0 for task in gpu_check.FINETUNE_TASKS)
+
+
+# ----------------------------------------------------------------------------- the AMP policy, without a GPU
+
+
+@pytest.mark.parametrize(
+    "chip, capability, expected",
+    [("T4", (7, 5), "fp16"), ("V100", (7, 0), "fp16"), ("A100", (8, 0), "bf16"), ("L4", (8, 9), "bf16"), ("H100", (9, 0), "bf16")],
+)
+def test_amp_policy_gives_each_chip_its_mode(monkeypatch, chip, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    # a T4 emulates bf16, so "is bf16 supported" says yes there: the policy must read the capability instead
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert gpu_check.amp_mode(torch.device("cuda")) == expected
+
+
+def test_amp_policy_is_off_on_the_cpu_and_explicit_modes_win():
+    from asit.training import amp_dtype_for
+
+    assert gpu_check.amp_mode(torch.device("cpu")) == "off"
+    assert amp_dtype_for("bf16", "cuda", (7, 5)) is torch.bfloat16  # asked for: given, even where emulated
+    assert amp_dtype_for("off", "cuda", (9, 0)) is None
+    with pytest.raises(ValueError, match="amp"):
+        amp_dtype_for("fp8", "cuda", (9, 0))
+
+
+def test_a_checkpoint_with_a_cuda_mask_generator_resumes_on_the_cpu():
+    from asit.pretrain import load_training_state, training_state_dict
+
+    cfg = gpu_check.pretrain_config(gpu_check.CPU_SHAPES)
+    waves, lengths = gpu_check.test_waves(2, 2, cfg.num_frames)
+    losses = []
+    for generator_state in (None, torch.zeros(16, dtype=torch.uint8)):  # a CUDA generator's state: Philox seed and offset
+        state = gpu_check.build_pretraining(cfg, torch.device("cpu"))
+        saved = training_state_dict(state)
+        if generator_state is not None:
+            saved["mask_generator"] = generator_state
+        load_training_state(state, saved)
+        losses.append(float(gpu_check.pretrain_step(state, waves, lengths, 1)["loss"]))
+    assert losses[0] == losses[1]  # the step reseeds the mask generator: its saved state changes nothing
