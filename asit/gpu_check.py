@@ -72,6 +72,9 @@ FBANK_TOLERANCE = 1e-4  # max |device - CPU| of the normalised fbank (the issue'
 # A step's losses under autocast against fp32 on the same batch: |amp - fp32| <= tol * max(|fp32|, 1).
 # bf16 keeps 8 mantissa bits (0.4 % per value), fp16 11; the losses average thousands of values.
 LOSS_TOLERANCE = {"bf16": 0.03, "fp16": 0.01}
+# The teacher's fp32 output on the GPU against the CPU, relative to its largest value: cuDNN runs
+# the patch-embedding convolution in TF32 by default (10 mantissa bits), and 12 blocks add rounding.
+TEACHER_TOLERANCE = 5e-3
 MASK_FRACTION_TOLERANCE = 0.02  # |mean masked fraction, device generator - CPU generator|
 AUDIOSET_2M_CLIPS = 2_000_000  # the "2M" of the name; a download holds fewer (videos taken down)
 PAPER_GPUS = 4  # the released pretraining command: 32 clips per GPU on 4 GPUs
@@ -330,7 +333,8 @@ def check_checkpoint(device: torch.device, shapes: Shapes) -> dict:
     """A checkpoint written by a run on ``device``, read on the CPU and resumed there.
 
     Every tensor read back equals the one on the device; the engine's resume loads it into a
-    CPU run, whose teacher then gives the device teacher's output (fp32, 1e-4) and takes a finite step.
+    CPU run, whose teacher then gives the device teacher's output (fp32, within
+    :data:`TEACHER_TOLERANCE` of its scale) and takes a finite step.
     """
     cfg = pretrain_config(shapes, "auto", drop_path_rate=0.0)
     waves, lengths = test_waves(shapes.batch_size, 2, shapes.num_frames)
@@ -357,10 +361,12 @@ def check_checkpoint(device: torch.device, shapes: Shapes) -> dict:
             on_device = state.teacher(spec, return_reconstruction=False).global_out.float().cpu()
             on_cpu = cpu_state.teacher(spec.cpu(), return_reconstruction=False).global_out
         out["teacher_max_abs_diff"] = float((on_device - on_cpu).abs().max())
+        out["teacher_scale"] = float(on_cpu.abs().max())
         step = _floats(pretrain_step(cpu_state, waves, lengths, 1))
         out["cpu_step_finite"] = bool(step["finite"])
     out["ok"] = (out["tensors_equal"] and out["all_on_cpu"] and out["resume_on_cpu"] == "ok"
-                 and out["teacher_max_abs_diff"] <= 1e-4 and out["cpu_step_finite"]) if "cpu_step_finite" in out else False
+                 and out["teacher_max_abs_diff"] <= TEACHER_TOLERANCE * max(out["teacher_scale"], 1.0)
+                 and out["cpu_step_finite"]) if "cpu_step_finite" in out else False
     del state, cpu_state
     _release(device)
     return out
