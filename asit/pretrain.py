@@ -1,7 +1,7 @@
 """ASiT pretraining engine: one epoch loop for a notebook, a laptop, or ``torchrun`` on N GPUs.
 
     python -m asit.pretrain --preset cpu
-    python -m asit.pretrain --preset smoke --set epochs=3 --set masking.max_ratio=0.5
+    python -m asit.pretrain --preset smoke --set epochs=3 --set masking.max_fraction=0.5
     torchrun --nproc_per_node=4 -m asit.pretrain --preset paper --set data_root=/data/audioset
 
 One step (:func:`train_step`), following the method reference and DINO's ``main_dino.py``:
@@ -53,6 +53,7 @@ import asit
 from asit import checkpoint as ckpt
 from asit.config import MAY_CHANGE_ON_RESUME, PretrainConfig, get_preset, override
 from asit.features import FbankFrontend
+from asit.clipping import clip_gradients_
 from asit.schedules import cosine_schedule
 from asit.session import pick_device
 from asit.teacher import ema_update_, make_teacher
@@ -181,6 +182,7 @@ def build_pretraining_data(cfg: PretrainConfig) -> Dataset:
         random_crop=True,
         roll_prob=cfg.roll_prob,
         num_views=cfg.num_global_views,
+        roll_once=cfg.roll_once,
         sample_rate=cfg.sample_rate,
     )
     if cfg.max_clips and cfg.max_clips < len(dataset):
@@ -290,15 +292,13 @@ def build_student(cfg: PretrainConfig) -> nn.Module:
             local_dim=cfg.local_dim,
             drop_path_rate=cfg.drop_path_rate,
             with_reconstruction=cfg.use_reconstruction,
+            reconstruction_hidden_dim=cfg.reconstruction_hidden_dim,
+            cls_token_std=cfg.cls_token_std or None,
+            head_hidden_dim=cfg.head_hidden_dim,
+            head_bottleneck_dim=cfg.head_bottleneck_dim,
+            imagenet_weights=cfg.init_weights,
             **({"depth": cfg.depth} if cfg.depth else {}),
         )
-        if (cfg.head_hidden_dim, cfg.head_bottleneck_dim) != (2048, 256):  # build_asit makes the paper's head
-            from asit.heads import ProjectionHead
-
-            student.projection = ProjectionHead(
-                student.encoder.embed_dim, hidden_dim=cfg.head_hidden_dim, bottleneck_dim=cfg.head_bottleneck_dim,
-                global_dim=cfg.global_dim, local_dim=cfg.local_dim,
-            )
     return student
 
 
@@ -345,9 +345,10 @@ def build_training(
 
     global_batch = cfg.batch_size * dist_info.world_size
     peak_lr = cfg.base_lr * global_batch / 256  # linear scaling rule
-    lr = cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs)
-    wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps_per_epoch)
-    momentum = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps_per_epoch)
+    end = cfg.schedule_end
+    lr = cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs, end=end)
+    wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps_per_epoch, end=end)
+    momentum = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps_per_epoch, end=end)
 
     amp_dtype = resolve_amp(cfg.amp, device)
     # Fused AdamW (one kernel for all parameters) on CUDA, and on CPU where it exists: it also
@@ -366,7 +367,7 @@ def build_training(
     except (RuntimeError, ValueError):  # a backend without GradScaler support
         scaler = torch.amp.GradScaler(device.type, enabled=False)
 
-    frontend = FbankFrontend(cfg.num_frames, stats, sample_rate=cfg.sample_rate).to(device)
+    frontend = FbankFrontend(cfg.num_frames, stats, sample_rate=cfg.sample_rate, padding=cfg.padding).to(device)
     losses = _make_losses(cfg).to(device)
     return TrainState(
         cfg=cfg,
@@ -429,7 +430,7 @@ def _mask_views(state: TrainState, spec: torch.Tensor, views: int, it: int) -> t
     plain = cfg.masking.corruption == "zeros" and cfg.masking.swap_prob == 0
     state.mask_generator.manual_seed(_step_seed(cfg, it, 0 if plain else info.rank))
     if not info.enabled or not plain:
-        return group_mask(spec, cfg.masking, state.mask_generator)
+        return group_mask(spec, cfg.masking, state.mask_generator, views=views)
     batch = spec.shape[0] // views
     shape = (views, info.world_size, batch) + spec.shape[1:]
     _, mask = group_mask(spec.new_zeros(()).expand(views * info.world_size * batch, *spec.shape[1:]), cfg.masking, state.mask_generator)
@@ -503,8 +504,7 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(total).backward()
     state.scaler.unscale_(state.optimizer)
-    if cfg.clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(state.student.parameters(), cfg.clip_grad)
+    clip_gradients_(state.student, cfg.clip_grad, cfg.clip_mode)
     state.scaler.step(state.optimizer)  # skipped on device when a gradient is NaN / inf
     state.scaler.update()
 
@@ -880,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "paper (ViT-B, AudioSet-2M, the authors' hyper-parameters)")
     parser.add_argument("--config", default=None, help="a config.json from an earlier run (replaces the preset)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_ratio=0.5; "
+                        help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_fraction=0.5; "
                              "see asit/config.py for every field and what to try when training is unstable")
     parser.add_argument("--resume", default=None,
                         help="'auto' continues from <run_dir>/checkpoint.pth if present, 'never' starts over, "
