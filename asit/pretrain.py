@@ -875,9 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ASiT self-supervised pretraining (GMML reconstruction + local and global self-distillation).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu", "paper"],
+    parser.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu", "paper", "paper_v2"],
                         help="starting settings: smoke (tests, seconds), cpu (laptop, minutes), gpu (Colab T4, ~1 h), "
-                             "paper (ViT-B, AudioSet-2M, the authors' hyper-parameters)")
+                             "paper (ViT-B, AudioSet-2M, the authors' released code), paper_v2 (its later revision)")
     parser.add_argument("--config", default=None, help="a config.json from an earlier run (replaces the preset)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_fraction=0.5; "
