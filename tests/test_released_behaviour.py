@@ -246,3 +246,20 @@ def test_roll_once_cuts_both_crops_from_one_roll(tmp_path):
     torch.testing.assert_close(once[0], once[1])
     apart = views(False)
     assert not torch.equal(apart[0], apart[1])
+
+
+@pytest.mark.parametrize("mode", ["per_parameter", "global_norm"])
+def test_the_training_step_clips_with_the_configured_rule(mode):
+    from asit import engine_pretrain
+
+    clip = 1e-3  # small enough to bite on every tensor of the smoke model
+    cfg = get_preset("smoke", clip_mode=mode, clip_grad=clip, drop_path_rate=0.0)
+    state = engine_pretrain.build_training(cfg, "cpu", stats=None, steps_per_epoch=1)
+    frontend = FbankFrontend(cfg.num_frames, None)
+    waves = torch.randn(4, 2, frontend.num_samples, generator=torch.Generator().manual_seed(0))
+    engine_pretrain.train_step(state, waves, torch.full((4, 2), frontend.num_samples), 0)
+    norms = torch.stack([p.grad.norm() for p in state.student.parameters() if p.grad is not None])
+    if mode == "per_parameter":  # every tensor on its own at most the threshold, most of them on it
+        assert norms.max() <= clip * (1 + 1e-4) and (norms > 0.99 * clip).sum() > len(norms) // 2
+    else:  # one norm over all gradients
+        assert norms.norm() <= clip * (1 + 1e-4) and (norms > 0.99 * clip).sum() <= 1
