@@ -35,7 +35,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
 	test -x $(PY) || uv venv -q --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install -q $(UV_FLAGS) -c constraints.txt -e ".[notebooks,dev]"
+	VIRTUAL_ENV=$(VENV) uv pip install -q $(UV_FLAGS) -c constraints.txt -e ".[notebooks,dev,export,suites,book]"
 	$(PY) -m ipykernel install --sys-prefix --name asit --display-name "Python (asit)" >/dev/null
 	touch $@
 
