@@ -63,6 +63,16 @@ lab: $(STAMP)
 bench: $(STAMP) $(BUILTIN_DATA)
 	$(PY) -m asit.bench
 
+# The course as a website (Sphinx + MyST-NB) from the executed copies `make reproduce` wrote for
+# PRESET: build/book/html/index.html. book-check opens every page in headless Chromium
+# (Debian: apt-get install chromium; .ci/run installs it).
+.PHONY: book book-check
+book: $(STAMP)
+	$(PY) -m asit.book --preset $(PRESET)
+
+book-check: book
+	$(PY) tests/book_check.py build/book/html
+
 lock: $(STAMP)
 	{ head -n 3 constraints.txt; VIRTUAL_ENV=$(VENV) uv pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
