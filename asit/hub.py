@@ -27,12 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CITATION = """@inproceedings{atito2024asit,
-  title     = {{ASiT}: Local-Global Audio Spectrogram vIsion Transformer for Event Classification},
-  author    = {Atito, Sara and Awais, Muhammad and Wang, Wenwu and Plumbley, Mark D. and Kittler, Josef},
-  journal   = {IEEE/ACM Transactions on Audio, Speech, and Language Processing},
-  year      = {2024},
-  note      = {arXiv:2211.13189}
+CITATION = """@article{atito2022asit,
+  title   = {ASiT: Local-Global Audio Spectrogram vIsion Transformer for Event Classification},
+  author  = {Atito, Sara and Awais, Muhammad and Wang, Wenwu and Plumbley, Mark D. and Kittler, Josef},
+  journal = {arXiv preprint arXiv:2211.13189},
+  year    = {2022}
 }"""
 
 CARD_NAME = "README.md"
@@ -130,7 +129,7 @@ def model_card(directory: str | Path, results_dir: str | Path | None = None) -> 
     fbank = config.get("fbank") or {}
     stats = config.get("norm_stats") or config.get("stats")
     classes = config.get("label_names") or config.get("classes")
-    kind = "audio classifier" if classes else "audio encoder (no classifier)"
+    kind = "An audio classifier" if classes else "An audio encoder (no classifier)"
     title = f"ASiT {config['architecture']} ({preset or 'unknown'} preset)"
     lines = [
         "---",
@@ -140,7 +139,7 @@ def model_card(directory: str | Path, results_dir: str | Path | None = None) -> 
         "---",
         f"# {title}",
         "",
-        f"A {kind} pretrained with ASiT (group masked model learning + local and global self-distillation) "
+        f"{kind} pretrained with ASiT (group masked model learning + local and global self-distillation) "
         "by the asit tutorial repository. A ViT on 1-channel Kaldi log-mel spectrograms, weights in timm's layout.",
         "",
         "## Model",

@@ -71,7 +71,7 @@ def test_the_model_card_is_made_from_the_result_files(encoder_dir, tmp_path):
     assert "31.2 %" in card and "27.5 %" in card  # the k-NN accuracies of the summary
     assert "| esc50 | builtin | accuracy | 61.5 | 55.2 | 95.3 |" in card  # ours, random init, the paper's
     assert "12.0" not in card  # another preset's result is not this model's
-    assert "@inproceedings{atito2024asit" in card
+    assert "@article{atito2022asit" in card
 
 
 class RecordingApi:
