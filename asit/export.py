@@ -140,6 +140,14 @@ class OnnxModel:
         self.classes: list[str] = json.loads(self.metadata.get("classes", "[]"))
         self.multilabel: bool = json.loads(self.metadata.get("multilabel", "false"))
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The front-end settings and classes, under the names of a classifier's ``config.json``."""
+        return {
+            "classes": self.classes, "multilabel": self.multilabel, "sample_rate": self.sample_rate, "num_frames": self.num_frames,
+            "num_mel_bins": int(self.metadata["num_mel_bins"]), "stats": json.loads(self.metadata["stats"]),
+        }
+
     def run(self, audio: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if audio.ndim != 2 or audio.shape[1] != self.num_samples:
