@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asit.audio import DEFAULT_SAMPLE_RATE, FRAME_LENGTH_MS, FRAME_SHIFT_MS, NormStats, window_length
+from asit.audio import DEFAULT_SAMPLE_RATE, FRAME_LENGTH_MS, FRAME_SHIFT_MS, NormStats, frames_for_samples, window_length
 from asit.features import FbankFrontend, padding_value
 
 
@@ -133,6 +133,4 @@ class ClipEmbedder(nn.Module):
 
     def rows_for_samples(self, num_samples: int) -> int:
         """How many timestamp embeddings a clip of ``num_samples`` gets."""
-        from asit.audio import frames_for_samples
-
         return math.ceil(frames_for_samples(num_samples, self.sample_rate) / self.patch)
