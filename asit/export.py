@@ -74,7 +74,7 @@ def load_waveform_model(path: str | Path) -> tuple[WaveformModel, dict[str, str]
     directory = directory if directory.is_dir() else directory.parent
     config = _config(directory)
     if "format" in config:  # a classifier written by fine-tuning
-        from asit.finetune import load_classifier
+        from asit.classifier import load_classifier
 
         network, config = load_classifier(directory)
         stats = NormStats(float(config["stats"]["mean"]), float(config["stats"]["std"]))
