@@ -374,29 +374,32 @@ def save_encoder(
 ) -> Path:
     """Write ``model.safetensors`` (timm key names) and ``config.json`` into ``directory``.
 
-    The config names the architecture and input size, the fbank settings and normalisation
-    statistics the encoder expects, the asit version, and everything in ``extra`` (e.g. the
-    pretraining preset and epoch). Returns the directory.
+    The folder is what timm reads from a model hub or a local directory: ``config.json`` has
+    timm's ``architecture``, ``num_classes``, ``model_args`` and ``pretrained_cfg`` (written by
+    timm's own ``save_config_for_hf``), so after ``import asit`` (which registers the
+    architectures) ``timm.create_model("local-dir:" + directory, pretrained=True)`` builds and
+    loads it. Beside timm's keys it names the input size and shape, the fbank settings and
+    normalisation statistics the encoder expects, the asit version, and everything in ``extra``
+    (e.g. the pretraining preset and epoch). Returns the directory.
     """
+    from timm.models._hub import save_config_for_hf
+
     from asit import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    config = {
-        "architecture": _architecture(encoder),
-        "img_size": list(encoder.patch_embed.img_size),
+    img_size = list(encoder.patch_embed.img_size)
+    shape = {"embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.blocks[0].attn.num_heads}
+    asit_fields = {
+        "img_size": img_size,
         "patch_size": list(encoder.patch_embed.patch_size),
         "in_chans": int(encoder.patch_embed.proj.in_channels),
-        "embed_dim": encoder.embed_dim,
-        "depth": len(encoder.blocks),
-        "num_heads": encoder.blocks[0].attn.num_heads,
-        "num_classes": encoder.num_classes,
-        "global_pool": encoder.global_pool,
+        **shape,
         "fbank": {
             "sample_rate": sample_rate,
-            "num_mel_bins": int(encoder.patch_embed.img_size[1]),
+            "num_mel_bins": int(img_size[1]),
             "frame_shift_ms": FRAME_SHIFT_MS,
             "frame_length_ms": FRAME_LENGTH_MS,
         },
@@ -404,7 +407,13 @@ def save_encoder(
         "asit_version": __version__,
         **(extra or {}),
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_config_for_hf(
+        encoder,
+        str(directory / "config.json"),
+        model_config=asit_fields,
+        model_args={**shape, "img_size": img_size, "in_chans": asit_fields["in_chans"]},
+        data_config={"input_size": (asit_fields["in_chans"], *img_size)},
+    )
     return directory
 
 
