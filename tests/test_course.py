@@ -1,0 +1,52 @@
+"""The course checkpoint: `make course-checkpoint` is the committed encoder's recipe, step for step."""
+
+import json
+
+import pytest
+
+from asit import course
+from asit import pretrain as engine
+from asit.config import PretrainConfig
+from asit.datasets.builtin import is_complete
+from asit.session import data_dir, repo_root
+
+COMMITTED = repo_root() / course.CHECKPOINT_DIR
+FIRST_STEPS = 6  # two logged points at the course's log_every = 3
+
+
+class _Stop(Exception):
+    pass
+
+
+def _committed_config() -> PretrainConfig:
+    return PretrainConfig.from_json(COMMITTED / "config.json")
+
+
+@pytest.mark.skipif(not (COMMITTED / "config.json").is_file(), reason="no committed course checkpoint")
+def test_the_command_makes_the_committed_config():
+    committed = _committed_config()
+    made = course.course_config(epochs=committed.epochs, output_dir=committed.output_dir)
+    assert made == committed
+
+
+@pytest.mark.skipif(not (COMMITTED / "steps.jsonl").is_file() or not is_complete(data_dir() / "builtin"),
+                    reason="needs the committed course checkpoint and the built-in data (make data)")
+def test_the_command_reproduces_the_committed_first_steps(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_step = engine.train_step
+
+    def stop_after_first_steps(*args, **kwargs):
+        if calls["n"] == FIRST_STEPS:
+            raise _Stop
+        calls["n"] += 1
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", stop_after_first_steps)
+    committed = _committed_config()
+    cfg = course.course_config(epochs=committed.epochs, output_dir=str(tmp_path), resume="never", num_workers=0)
+    with pytest.raises(_Stop):
+        engine.pretrain(cfg, progress=False)
+    ours = [json.loads(line) for line in (cfg.run_dir() / "steps.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line) for line in (COMMITTED / "steps.jsonl").read_text().splitlines()][: len(ours)]
+    assert len(ours) == FIRST_STEPS // cfg.log_every
+    assert ours == theirs  # every logged loss, bit for bit
