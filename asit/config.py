@@ -222,8 +222,8 @@ def _cpu() -> PretrainConfig:
         model_size="tiny",
         depth=4,  # 4 of ViT-Ti's 12 blocks: 1.8 M encoder parameters
         num_frames=96,  # 0.96 s crops (a spoken word, an event's onset): 6 x 8 patches
-        global_dim=64,  # 64 prototypes a head, with 4 local crops: over 3 fine-tuning seeds ahead of random init
-        local_dim=64,  # on all four tasks' means; 512 / 256 without local crops only on two (README, "Results")
+        global_dim=64,  # 64 prototypes a head for a few hundred clips (results/HISTORY.md: 512 / 256 before)
+        local_dim=64,
         num_local_crops=4,  # DINO multi-crop: the student's class token also matches 4 short crops to the teacher
         head_hidden_dim=512,  # the paper's 2048-wide head would cost more than this encoder
         head_bottleneck_dim=128,
@@ -234,10 +234,7 @@ def _cpu() -> PretrainConfig:
         base_lr=5e-3,  # peak lr 3.1e-4 after the 16/256 scaling: few steps, small data
         warmup_epochs=1,
         warmup_teacher_temp_epochs=2,
-        momentum_teacher=0.99,  # k-NN vs random init (seed 0): 30.0 vs 30.0 on the current built-in pool
-        # (35.0 vs 30.0 with 512 / 256 prototypes and no local crops), 35.0 vs 35.0 on the previous one,
-        # 47.5 vs 35.0 on an earlier one (other synthetic voices); 0.95 over 4 epochs gave 32.5 vs 35.0
-        # (a teacher that follows the student too closely). 24 epochs instead of 8 gained nothing.
+        momentum_teacher=0.99,  # few steps: a teacher that follows faster (results/HISTORY.md: the search)
         local_crop_frames=48,
         knn_every=8,  # once, at the end (plus the random-init baseline)
         knn_max_clips=0,  # ESC-50-like events, fold 1: 160 labelled clips, 40 queries

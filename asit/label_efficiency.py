@@ -171,8 +171,12 @@ def sweep_task(
     finetune_steps: int = 60,
     data_root: str | Path | None = None,
     progress: bool = True,
+    pools: Sequence[str] = (POOL,),
 ) -> list[dict[str, Any]]:
     """Every (features, protocol, shots, seed) score of one task: one row each.
+
+    ``pools``: the encoders' probe read-outs (:data:`asit.probe.POOLS`); each costs one regression
+    per point, and :func:`diagnose_task` compares them all at one label count.
 
     Rows: ``{"task", "protocol", "features", "pool", "shots", "seed", "score", "train_clips"}``
     (``shots`` 0 = all; ``train_clips``: how many labelled clips were drawn).
@@ -198,7 +202,7 @@ def sweep_task(
                              "score": probe.probe_score(fbank_train[index], y, fbank_test, test.targets)})
                 for name in (PRETRAINED, RANDOM):
                     train_f, test_f = features[(name, seed)]
-                    for pool in probe.POOLS:
+                    for pool in pools:
                         score = probe.probe_score(train_f[pool][index], y, test_f[pool], test.targets)
                         rows.append({**common, "protocol": "probe", "features": name, "pool": pool, "score": score})
             if "finetune" in protocols:
@@ -342,6 +346,24 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
     return fig
 
 
+def markdown(result: dict[str, Any], pool: str = POOL) -> str:
+    """The sweep as Markdown: one row per (task, protocol, features), mean [min, max] per label count."""
+    summary = [r for r in result["summary"] if r["pool"] in (pool, "mel mean+std")]
+    shots = sorted({r["shots"] for r in summary}, key=lambda k: k or 10**6)
+    lines = [f"Encoder `{result['encoder']}`; seeds {result['seeds']}; fine-tuning {result['finetune_steps']} steps; "
+             f"probe read-out `{pool}` (pooled fbank: each mel bin's mean and std). Test accuracy in percent, "
+             "seed mean [lowest, highest].", "",
+             "| task | protocol | features | " + " | ".join(f"k = {shot_label(k)}" for k in shots) + " |",
+             "|---|---|---|" + "---|" * len(shots)]
+    keys = sorted({(r["task"], r["protocol"], r["features"]) for r in summary},
+                  key=lambda key: (key[0], PROTOCOLS.index(key[1]), [PRETRAINED, RANDOM, probe.FBANK].index(key[2])))
+    for key in keys:
+        cells = {r["shots"]: r for r in summary if (r["task"], r["protocol"], r["features"]) == key}
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(
+            f"{cells[k]['mean']:.1f} [{cells[k]['min']:.1f}, {cells[k]['max']:.1f}]" if k in cells else "" for k in shots) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run(
     encoder: str | Path,
     name: str,
@@ -368,6 +390,7 @@ def run(
     out = Path(output_dir) / "label_efficiency" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(f"# Label efficiency: {name}\n\nWritten by `asit.label_efficiency.run`.\n\n" + markdown(result))
     import matplotlib.pyplot as plt
 
     plt.close(plot(summary, out.with_suffix(".png")))
@@ -415,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                [p for p in args.protocols.split(",") if p], args.finetune_steps, args.output_dir)
 
 
-__all__ = ["diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

@@ -248,3 +248,19 @@ def test_voxceleb1_splits_have_the_sizes_the_constants_give(tmp_path):
     for speaker, videos in train_videos.items():
         assert len(videos) == n_videos, (speaker, videos)
         assert max(videos.values()) - min(videos.values()) <= 1, (speaker, videos)
+
+
+def test_unlabelled_pool_layout_and_disjoint_from_the_labelled_sets(built):
+    from asit.datasets import get_dataset
+
+    out = built[0]
+    root = out / "unlabelled"
+    events, speech = sorted((root / "events").glob("*.wav")), sorted((root / "speech").glob("*.wav"))
+    assert len(events) == builtin._scaled(builtin.UNLABELLED_EVENT_CLIPS, SCALE, 2)
+    assert len(speech) == builtin._scaled(builtin.UNLABELLED_SPEECH_CLIPS, SCALE, 2)
+    assert {_info(p).duration for p in events} == {builtin.AUDIOSET_SECONDS}
+    assert {_info(p).duration for p in speech} == {builtin.SPEECH_SECONDS}
+    labelled = {p.read_bytes() for name in builtin.LAYOUTS if name != "unlabelled" for p in (out / name).rglob("*.wav")}
+    assert not labelled & {p.read_bytes() for p in events + speech}  # no labelled clip is in the pool
+    pool = get_dataset("folder", "all", data_root=root)
+    assert len(pool) == len(events) + len(speech) and set(pool.targets) == {-1}

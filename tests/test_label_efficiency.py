@@ -69,6 +69,8 @@ def test_summarise_and_gap_read_the_seed_ranges():
     assert le.gap(le.summarise(rows), "esc50", "probe")["margin"] == -2.0
     with pytest.raises(KeyError):
         le.gap(summary, "ks2", "probe")
+    table = le.markdown({"encoder": "enc", "seeds": [0, 1, 2], "finetune_steps": 5, "summary": summary})
+    assert "| esc50 | probe | pretrained | 55.0 [50.0, 60.0] |" in table
 
 
 def test_patch_statistics_see_the_spectrogram_at_the_patch_grid():

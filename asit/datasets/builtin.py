@@ -89,9 +89,8 @@ SPEECH_SPEAKERS = (12, 3, 9)  # train / validation / test speakers (voices), eac
 VOX_SPEAKERS = 12
 VOX_UTTERANCES = (8, 2, 6)  # per speaker: train / validation / test utterances
 VOX_TRAIN_VIDEOS = 4  # per speaker: the training utterances come round-robin from this many videos
-# (channels), so that no one channel stands for a speaker (a real VoxCeleb1 speaker has about 18 videos).
-# With 4 utterances from 2 videos, fine-tuning accuracy from random inits swung from 14 % to 35 % between
-# seeds: a model could fit a speaker by the channel as readily as by the voice (README, "Results")
+# (channels), so that no one channel stands for a speaker (a real VoxCeleb1 speaker has about 18 videos;
+# results/HISTORY.md says what 2 channels did)
 AUDIOSET_TRAIN, AUDIOSET_EVAL = 90, 90
 NOISE_SECONDS = 12.0  # per background-noise file (the real ones last about 60 s)
 # The unlabelled pool: cheap to make, and the fbank cache makes its epochs cheap. Self-supervised
