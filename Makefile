@@ -63,15 +63,16 @@ test-notebooks: $(STAMP) $(BUILTIN_DATA)
 # fine-tuning, the course encoder (results/course_checkpoint) against 5 random inits and the pooled fbank.
 LE_ENCODER ?= results/course_checkpoint/encoder
 label-efficiency: $(STAMP) $(BUILTIN_DATA)
-	$(PY) -m asit.label_efficiency $(LE_ENCODER) --name course_5seeds --seeds 5
-	$(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose
+	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course_5seeds --seeds 5
+	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose
 
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,
 # 8 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/.
-# COURSE_EPOCHS=1 makes the shorter run that the session which set this up could afford.
+# COURSE_EPOCHS=1 makes the shorter run that the session which set this up could afford (the committed
+# one). One thread: the committed losses were recorded so, and on shared cores two threads ran 10x slower.
 COURSE_EPOCHS ?=
 course-checkpoint: $(STAMP) $(BUILTIN_DATA)
-	$(PY) -m asit.course $(if $(COURSE_EPOCHS),--epochs $(COURSE_EPOCHS))
+	OMP_NUM_THREADS=1 $(PY) -m asit.course $(if $(COURSE_EPOCHS),--epochs $(COURSE_EPOCHS))
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

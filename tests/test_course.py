@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from asit import course
 from asit import pretrain as engine
@@ -42,10 +43,15 @@ def test_the_command_reproduces_the_committed_first_steps(tmp_path, monkeypatch)
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", stop_after_first_steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `make course-checkpoint` runs (OMP_NUM_THREADS=1)
     committed = _committed_config()
     cfg = course.course_config(epochs=committed.epochs, output_dir=str(tmp_path), resume="never", num_workers=0)
-    with pytest.raises(_Stop):
-        engine.pretrain(cfg, progress=False)
+    try:
+        with pytest.raises(_Stop):
+            engine.pretrain(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     ours = [json.loads(line) for line in (cfg.run_dir() / "steps.jsonl").read_text().splitlines()]
     theirs = [json.loads(line) for line in (COMMITTED / "steps.jsonl").read_text().splitlines()][: len(ours)]
     assert len(ours) == FIRST_STEPS // cfg.log_every

@@ -82,3 +82,21 @@ def test_patch_statistics_see_the_spectrogram_at_the_patch_grid():
     np.testing.assert_allclose(stats["patch mean"][0], np.full(256, 1.0))  # bands added: the loud band is gone
     per_band = stats["patch mean per band"][0].reshape(2, 256)
     np.testing.assert_allclose(per_band, [[0.0] * 256, [2.0] * 256])  # kept apart: still there
+
+
+def test_pretraining_then_finetuning_twice_with_one_seed_gives_identical_losses(tmp_path):
+    """The reproducibility the course's curves rest on: same seed, same bytes, same losses, end to end."""
+    from asit import pretrain as engine
+    from asit.models import load_encoder
+    from test_pretrain import smoke_config
+
+    runs = []
+    for name in ("first", "second"):
+        result = engine.pretrain(smoke_config(tmp_path, output_dir=str(tmp_path / name), num_workers=1), progress=False)
+        steps = (result.run_dir / "steps.jsonl").read_text()
+        encoder = load_encoder(result.encoder_dir)
+        split = _separable_split(3, seed=0)
+        short = probe.ProbeSplit(split.spec[:, :, : encoder.patch_embed.img_size[0]], torch.full((6,), 64), split.targets)
+        runs.append((steps, le.finetune_few(encoder, short, short, seed=0, steps=4, batch_size=4)["losses"]))
+    assert runs[0][0] == runs[1][0] and runs[0][0].count("\n") >= 2  # every logged pretraining loss
+    assert runs[0][1] == runs[1][1]  # every fine-tuning loss
