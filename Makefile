@@ -64,7 +64,7 @@ test-notebooks: $(STAMP) $(BUILTIN_DATA)
 LE_ENCODER ?= results/course_checkpoint/encoder
 label-efficiency: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course_5seeds --seeds 5
-	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose
+	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose --shots 4
 
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,
 # 8 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/.

@@ -746,7 +746,7 @@ def _parse_only(only: str | Iterable[str] | None) -> list[str]:
 
 
 def is_complete(out_dir: str | Path) -> bool:
-    """Whether ``out_dir`` holds a finished build of all four data sets."""
+    """Whether ``out_dir`` holds a finished build of every data set in :data:`LAYOUTS`."""
     return (Path(out_dir) / COMPLETE_MARKER).is_file()
 
 
