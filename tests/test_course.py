@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from asit import course
-from asit import pretrain as engine
+from asit import engine_pretrain
+from asit import pretrain as driver
 from asit.config import PretrainConfig
 from asit.datasets.builtin import is_complete
 from asit.session import data_dir, repo_root
@@ -34,7 +35,7 @@ def test_the_command_makes_the_committed_config():
                     reason="needs the committed course checkpoint and the built-in data (make data)")
 def test_the_command_reproduces_the_committed_first_steps(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_step = engine.train_step
+    real_step = engine_pretrain.train_step
 
     def stop_after_first_steps(*args, **kwargs):
         if calls["n"] == FIRST_STEPS:
@@ -42,14 +43,14 @@ def test_the_command_reproduces_the_committed_first_steps(tmp_path, monkeypatch)
         calls["n"] += 1
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_step", stop_after_first_steps)
+    monkeypatch.setattr(engine_pretrain, "train_step", stop_after_first_steps)  # the epoch loop's step
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as `make course-checkpoint` runs (OMP_NUM_THREADS=1)
     committed = _committed_config()
     cfg = course.course_config(epochs=committed.epochs, output_dir=str(tmp_path), resume="never", num_workers=0)
     try:
         with pytest.raises(_Stop):
-            engine.pretrain(cfg, progress=False)
+            driver.pretrain(cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
     ours = [json.loads(line) for line in (cfg.run_dir() / "steps.jsonl").read_text().splitlines()]
