@@ -8,7 +8,6 @@ import torch
 from asit import course
 from asit import engine_pretrain
 from asit import pretrain as driver
-from asit.config import PretrainConfig
 from asit.datasets.builtin import is_complete
 from asit.session import data_dir, repo_root
 
@@ -20,15 +19,20 @@ class _Stop(Exception):
     pass
 
 
-def _committed_config() -> PretrainConfig:
-    return PretrainConfig.from_json(COMMITTED / "config.json")
+def _committed_epochs() -> int:
+    return int(json.loads((COMMITTED / "config.json").read_text())["epochs"])
 
 
 @pytest.mark.skipif(not (COMMITTED / "config.json").is_file(), reason="no committed course checkpoint")
 def test_the_command_makes_the_committed_config():
-    committed = _committed_config()
-    made = course.course_config(epochs=committed.epochs, output_dir=committed.output_dir)
-    assert made == committed
+    recorded = json.loads((COMMITTED / "config.json").read_text())
+    made = course.course_config(epochs=recorded["epochs"], output_dir=recorded["output_dir"]).to_dict()
+    made = json.loads(json.dumps(made))  # tuples as JSON lists, as recorded
+
+    def recorded_part(value, like):  # fields added to the config since then are left out
+        return {k: recorded_part(value[k], like[k]) for k in like} if isinstance(like, dict) else value
+
+    assert recorded_part(made, recorded) == recorded  # every setting the checkpoint recorded
 
 
 @pytest.mark.skipif(not (COMMITTED / "steps.jsonl").is_file() or not is_complete(data_dir() / "builtin"),
@@ -46,8 +50,7 @@ def test_the_command_reproduces_the_committed_first_steps(tmp_path, monkeypatch)
     monkeypatch.setattr(engine_pretrain, "train_step", stop_after_first_steps)  # the epoch loop's step
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as `make course-checkpoint` runs (OMP_NUM_THREADS=1)
-    committed = _committed_config()
-    cfg = course.course_config(epochs=committed.epochs, output_dir=str(tmp_path), resume="never", num_workers=0)
+    cfg = course.course_config(epochs=_committed_epochs(), output_dir=str(tmp_path), resume="never", num_workers=0)
     try:
         with pytest.raises(_Stop):
             driver.pretrain(cfg, progress=False)
