@@ -162,13 +162,13 @@ def test_missing_espeak_is_a_clear_error(tmp_path, monkeypatch, capsys):
     # the event data sets need no system tool
     summary = builtin.build_builtin(tmp_path / "events", scale=0.05, only="esc50,audioset")
     assert set(summary["layouts"]) == {"esc50", "audioset"}
-    assert not builtin.is_complete(tmp_path / "events"), "only complete when all four are there"
+    assert not builtin.is_complete(tmp_path / "events"), "only complete when every data set is there"
 
 
 def test_interrupted_build_never_looks_complete(built, tmp_path, monkeypatch):
     out = tmp_path / "data"
     builtin.build_builtin(out, scale=0.05, only="esc50,audioset")
-    for name in ("speech_commands", "voxceleb1"):  # borrow the rest: a complete folder
+    for name in ("speech_commands", "voxceleb1", "unlabelled"):  # borrow the rest: a complete folder
         (out / name).symlink_to(built[0] / name, target_is_directory=True)
     builtin.build_builtin(out, scale=0.05, only="esc50")
     assert builtin.is_complete(out)
@@ -248,3 +248,19 @@ def test_voxceleb1_splits_have_the_sizes_the_constants_give(tmp_path):
     for speaker, videos in train_videos.items():
         assert len(videos) == n_videos, (speaker, videos)
         assert max(videos.values()) - min(videos.values()) <= 1, (speaker, videos)
+
+
+def test_unlabelled_pool_layout_and_disjoint_from_the_labelled_sets(built):
+    from asit.datasets import get_dataset
+
+    out = built[0]
+    root = out / "unlabelled"
+    events, speech = sorted((root / "events").glob("*.wav")), sorted((root / "speech").glob("*.wav"))
+    assert len(events) == builtin._scaled(builtin.UNLABELLED_EVENT_CLIPS, SCALE, 2)
+    assert len(speech) == builtin._scaled(builtin.UNLABELLED_SPEECH_CLIPS, SCALE, 2)
+    assert {_info(p).duration for p in events} == {builtin.AUDIOSET_SECONDS}
+    assert {_info(p).duration for p in speech} == {builtin.SPEECH_SECONDS}
+    labelled = {p.read_bytes() for name in builtin.LAYOUTS if name != "unlabelled" for p in (out / name).rglob("*.wav")}
+    assert not labelled & {p.read_bytes() for p in events + speech}  # no labelled clip is in the pool
+    pool = get_dataset("folder", "all", data_root=root)
+    assert len(pool) == len(events) + len(speech) and set(pool.targets) == {-1}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 COURSE = [
     "01_spectrograms", "02_group_masking", "03_self_distillation", "04_pretraining", "05_pretraining_strategies",
-    "10_esc50", "11_audioset", "12_speech_commands", "13_voxceleb1", "20_results",
+    "06_label_efficiency", "10_esc50", "11_audioset", "12_speech_commands", "13_voxceleb1", "20_results",
 ]
 SHARED_PARAMETERS = {"preset", "dataset", "data_root", "output_dir", "seed"}
 

@@ -47,6 +47,7 @@ BUILTIN_FOLDERS = {
     "speech_commands_v2": "speech_commands",
     "voxceleb1": "voxceleb1",
     "audioset": "audioset",
+    "folder": "unlabelled",  # the built-in unlabelled pool (pretraining only)
 }
 
 PRETRAINING_NAMES = ("esc50", "speech_commands_v2", "voxceleb1", "audioset")

@@ -23,6 +23,11 @@ layouts of the real ones, so the same loaders (:mod:`asit.datasets`) read built-
                           and ``eval.json`` in AST's layout (``{"data": [{"wav", "labels"}]}``,
                           paths relative to the json's folder) and ``class_labels_indices.csv``
                           with the real AudioSet ontology ids of the synthesised classes.
+``unlabelled/``           ``events/*.wav`` (4 s scenes of 1-3 event classes) and ``speech/*.wav``
+                          (1 s, one word from a vocabulary of command words and other words, by
+                          voices drawn apart from the labelled sets'): a larger unlabelled pool
+                          for pretraining only (the ``folder`` data set). No clip of any labelled
+                          split is in it; it plays the part AudioSet-2M plays for ASiT.
 ========================  =====================================================================
 
 Deliberate differences from the real data, all to stay small and fast:
@@ -66,7 +71,7 @@ import soundfile as sf
 from scipy import signal
 
 SAMPLE_RATE = 16_000
-LAYOUTS = ("esc50", "speech_commands", "voxceleb1", "audioset")
+LAYOUTS = ("esc50", "speech_commands", "voxceleb1", "audioset", "unlabelled")
 COMPLETE_MARKER = ".complete"
 
 ESC50_SECONDS = 5.0
@@ -84,11 +89,23 @@ SPEECH_SPEAKERS = (12, 3, 9)  # train / validation / test speakers (voices), eac
 VOX_SPEAKERS = 12
 VOX_UTTERANCES = (8, 2, 6)  # per speaker: train / validation / test utterances
 VOX_TRAIN_VIDEOS = 4  # per speaker: the training utterances come round-robin from this many videos
-# (channels), so that no one channel stands for a speaker (a real VoxCeleb1 speaker has about 18 videos).
-# With 4 utterances from 2 videos, fine-tuning accuracy from random inits swung from 14 % to 35 % between
-# seeds: a model could fit a speaker by the channel as readily as by the voice (README, "Results")
+# (channels), so that no one channel stands for a speaker (a real VoxCeleb1 speaker has about 18 videos;
+# results/HISTORY.md says what 2 channels did)
 AUDIOSET_TRAIN, AUDIOSET_EVAL = 90, 90
 NOISE_SECONDS = 12.0  # per background-noise file (the real ones last about 60 s)
+# The unlabelled pool: cheap to make, and the fbank cache makes its epochs cheap. Self-supervised
+# pretraining pays off with many more unlabelled clips than labelled ones (ASiT: AS-2M against
+# ESC-50's 2,000 clips); the labelled training splits above hold a few hundred.
+UNLABELLED_EVENT_CLIPS = 1200  # 4 s scenes (AUDIOSET_SECONDS) of 1-3 of the event classes
+UNLABELLED_SPEECH_CLIPS = 1200  # 1 s clips of one word each
+UNLABELLED_VOICES = 60  # drawn with their own generator: other speeds and pitches than the labelled sets'
+# Words of the unlabelled speech: the command words among as many others, as ordinary speech holds them.
+OTHER_WORDS = (
+    "apple", "baker", "circle", "daisy", "engine", "fever", "garden", "honey", "island", "jacket",
+    "kettle", "lemon", "mirror", "number", "orange", "pencil", "quiet", "river", "sugar", "table",
+    "under", "velvet", "window", "yellow", "zebra", "about", "because", "little", "morning", "people",
+    "water", "letter", "always", "maybe", "thank",
+)  # fmt: skip
 
 SPEECH_COMMANDS_WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four",
@@ -675,13 +692,42 @@ def _build_audioset(root: Path, seed: int, scale: float, workers: int) -> dict:
     return {"train_clips": n_train, "eval_clips": n_eval, "classes": k, "seconds_per_clip": AUDIOSET_SECONDS}
 
 
+def _build_unlabelled(root: Path, seed: int, scale: float, workers: int) -> dict:
+    espeak = require_espeak()
+    n_events, n_speech = _scaled(UNLABELLED_EVENT_CLIPS, scale, 2), _scaled(UNLABELLED_SPEECH_CLIPS, scale, 2)
+    voices = _make_voices(_rng(seed, "unlabelled-voices"), _scaled(UNLABELLED_VOICES, scale, 2))
+    vocabulary = SPEECH_COMMANDS_WORDS + OTHER_WORDS
+    n_event, n_word = int(AUDIOSET_SECONDS * SAMPLE_RATE), int(SPEECH_SECONDS * SAMPLE_RATE)
+
+    def make_event(i: int) -> None:
+        rng = _rng(seed, "unlabelled-events", i)
+        classes = rng.permutation(len(EVENT_CLASSES))[: rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])]
+        x = sum(EVENT_CLASSES[c].synth(rng, n_event) * _db(rng.uniform(-10, 0)) for c in classes)
+        _write_wav(root / "events" / f"{i:05d}.wav", _normalize_peak(x, _db(rng.uniform(-20, -3))) + _background(rng, n_event, (-55, -30)))
+
+    def make_word(i: int) -> None:
+        rng = _rng(seed, "unlabelled-speech", i)
+        voice = voices[int(rng.integers(len(voices)))]
+        word = vocabulary[int(rng.integers(len(vocabulary)))]
+        speech = _trim_silence(voice.speak(espeak, word, int(rng.integers(-15, 16)), int(rng.integers(-6, 7))))[:n_word]
+        x = np.zeros(n_word)
+        _add(x, _normalize_peak(speech, _db(rng.uniform(-18, -2))) * _fade(len(speech), 0.005), rng.integers(0, n_word - len(speech) + 1))
+        x += _colored_noise(rng, n_word, rng.uniform(0, 2)) * _db(rng.uniform(-65, -40))
+        _write_wav(root / "speech" / f"{i:05d}.wav", x)
+
+    _map(make_event, range(n_events), workers)
+    _map(make_word, range(n_speech), workers)
+    return {"event_clips": n_events, "speech_clips": n_speech, "voices": len(voices), "words": len(vocabulary)}
+
+
 _BUILDERS = {
     "esc50": _build_esc50,
     "speech_commands": _build_speech_commands,
     "voxceleb1": _build_voxceleb1,
     "audioset": _build_audioset,
+    "unlabelled": _build_unlabelled,
 }
-_NEEDS_ESPEAK = {"speech_commands", "voxceleb1"}
+_NEEDS_ESPEAK = {"speech_commands", "voxceleb1", "unlabelled"}
 
 
 def _folder_size(path: Path) -> tuple[int, int]:
@@ -700,7 +746,7 @@ def _parse_only(only: str | Iterable[str] | None) -> list[str]:
 
 
 def is_complete(out_dir: str | Path) -> bool:
-    """Whether ``out_dir`` holds a finished build of all four data sets."""
+    """Whether ``out_dir`` holds a finished build of every data set in :data:`LAYOUTS`."""
     return (Path(out_dir) / COMPLETE_MARKER).is_file()
 
 

@@ -1,0 +1,101 @@
+"""The course checkpoint: one pretraining, longer than a notebook should take, committed once.
+
+The label-efficiency lesson (notebook 06) needs an encoder pretrained for longer than a notebook
+should run on a laptop. As the best tutorials do (annotated-transformer, the SimCLR notebook of
+uvadlc), the encoder is pretrained once by a documented command and committed; the notebooks load it
+when it is present and pretrain (at the notebook's own preset) only when it is absent.
+
+    make course-checkpoint              # = python -m asit.course: pretrains, then copies the encoder
+    python -m asit.course --epochs 2    # a shorter run into a scratch folder, for a quick look
+
+The run is :data:`COURSE_SETTINGS` over the ``cpu`` preset; its ``steps.jsonl`` is committed with
+the encoder, so a test can rerun the first steps and compare them loss for loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from asit.session import repo_root
+
+# The cpu preset with the built-in unlabelled pool (data/builtin/unlabelled, the `folder` data set)
+# beside the labelled sets' training splits, trained for longer.
+COURSE_SETTINGS: dict[str, Any] = dict(
+    run_name="course",
+    datasets=["esc50", "speech_commands_v2", "voxceleb1", "audioset", "folder"],
+    epochs=8,  # 195 steps per epoch on the 3,126-clip pool: 1,560 steps
+    warmup_epochs=0.5,
+    knn_every=0,  # the label-efficiency sweep measures the encoder instead
+    save_every=1,
+    save_every_steps=100,
+)
+CHECKPOINT_DIR = "results/course_checkpoint"  # relative to the repository
+
+
+def course_config(**overrides: Any):
+    from asit.config import get_preset
+
+    return get_preset("cpu", **{**COURSE_SETTINGS, **overrides})
+
+
+def committed_encoder() -> Path | None:
+    """The committed course encoder folder, or None when it is absent (e.g. a trimmed copy)."""
+    folder = repo_root() / CHECKPOINT_DIR / "encoder"
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def encoder_for(preset: str, output_dir: str | Path, checkpoint: str = "auto") -> tuple[Path, str]:
+    """The encoder a downstream notebook should read, and where it came from.
+
+    ``checkpoint="auto"``: on the ``cpu`` preset the committed course encoder when present; else this
+    preset's pretraining run under ``output_dir`` when present; else that pretraining, run now.
+    Any other value is an encoder folder, used as it is.
+    """
+    if checkpoint != "auto":
+        return Path(checkpoint), "given"
+    if preset == "cpu" and committed_encoder() is not None:
+        return committed_encoder(), "the committed course checkpoint"
+    from asit.config import get_preset
+    from asit.pretrain import pretrain
+
+    cfg = get_preset(preset, output_dir=str(output_dir))
+    own = cfg.run_dir() / "encoder"
+    if (own / "model.safetensors").is_file():
+        return own, f"this preset's pretraining run ({cfg.run_dir()})"
+    return pretrain(cfg).encoder_dir, f"a {preset} pretraining run just now"
+
+
+def make_checkpoint(output_dir: str | Path = "results/runs", destination: str | Path | None = None, **overrides) -> Path:
+    """Pretrain with :func:`course_config`, then copy the encoder, config, logs and summary to ``destination``."""
+    from asit.pretrain import pretrain
+
+    cfg = course_config(output_dir=str(output_dir), **overrides)
+    result = pretrain(cfg)
+    target = Path(destination) if destination is not None else repo_root() / CHECKPOINT_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(result.encoder_dir, target / "encoder")
+    for name in ("config.json", "log.jsonl", "steps.jsonl", "summary.json"):
+        shutil.copy2(result.run_dir / name, target / name)
+    summary = json.loads((target / "summary.json").read_text())
+    print(f"course checkpoint: {summary.get('steps')} steps, final loss {summary.get('final_loss'):.3f}, "
+          f"{summary.get('train_time_s')} s -> {target}")
+    return target
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m asit.course", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", default="results/runs", help="where the pretraining run itself goes")
+    parser.add_argument("--destination", default=None, help=f"where the checkpoint goes (default: {CHECKPOINT_DIR})")
+    parser.add_argument("--epochs", type=int, default=None, help="override the course's epochs (a shorter look)")
+    args = parser.parse_args(argv)
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    return make_checkpoint(args.output_dir, args.destination, **overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""What pretraining buys when labels are scarce: ``python -m asit.label_efficiency``.
+
+Self-supervised pretraining pays off where labelled data is scarce (SimCLR's, DINO's and MAE's
+label-efficiency figures). This module draws ``k`` labelled training clips per class (1, 2, 4, 8,
+or all of them) over several seeds, and scores three kinds of features on the task's test split:
+
+- the pretrained encoder (a checkpoint folder, e.g. ``results/pretrain/cpu/encoder``);
+- the same architecture from a random init, one init per seed (``none:<seed>``, as
+  :func:`asit.probe.random_init`), so that the init's own luck is inside the drawn spread;
+- the pooled fbank (each mel bin's mean and standard deviation over the clip: no learning), the
+  reference that says what a linear model gets from the spectrogram alone.
+
+Two protocols:
+
+- ``probe``: frozen features, logistic regression (:func:`asit.probe.probe_score`; ``C`` by
+  cross-validation on the drawn clips only when each class has at least two);
+- ``finetune``: the whole encoder plus a linear head on its mean patch token, trained for a fixed
+  number of steps on random windows of the drawn clips, scored by averaging logits over a test
+  clip's windows (:func:`finetune_few`). The fbank reference has nothing to fine-tune.
+
+Seed ``s`` draws the labelled clips (the same clips for every encoder) and the random init; the
+spread over seeds is drawn in the figure. Results go to ``results/label_efficiency/<name>.json``
+and a figure beside it.
+
+    python -m asit.label_efficiency results/pretrain/cpu/encoder --name cpu
+    python -m asit.label_efficiency ENC --tasks ks2 --shots 1,4 --seeds 3 --protocols probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from asit import probe
+
+TASKS = ("esc50", "ks2")  # single-label tasks with several clips per class in the training split
+SHOTS = (1, 2, 4, 8, 0)  # labelled clips per class; 0 = every training clip
+PROTOCOLS = ("probe", "finetune")
+PRETRAINED, RANDOM = "pretrained", "random init"
+POOL = "mean"  # the read-out the figure shows: the fine-tuning head's (mean patch token)
+
+
+def draw_shots(targets: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Indices of ``shots`` clips per class (all of a class with fewer; ``shots=0``: every clip), sorted.
+
+    The draw depends only on ``(targets, shots, seed)``; a larger ``shots`` for the same seed
+    extends the smaller draw (the first ``shots`` of one fixed per-class permutation), so the
+    curve adds labels to the same clips rather than drawing new ones.
+    """
+    if shots < 0:
+        raise ValueError(f"shots must be >= 0 (0 = all), got {shots}")
+    if shots == 0:
+        return np.arange(len(targets))
+    rng = np.random.default_rng([seed, 14])
+    chosen = [rng.permutation(np.flatnonzero(targets == c))[:shots] for c in np.unique(targets)]
+    return np.sort(np.concatenate(chosen))
+
+
+def shot_label(shots: int) -> str:
+    return "all" if shots == 0 else str(shots)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning on a handful of clips
+# ---------------------------------------------------------------------------------------------
+
+
+def _windows(split: probe.ProbeSplit, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M, n, 1, window, F)`` consecutive windows of each clip and ``(M, n)`` which hold audio."""
+    M, _, T, F = split.spec.shape
+    n = T // window
+    windows = split.spec[:, :, : n * window].reshape(M, 1, n, window, F).transpose(1, 2)
+    holds = torch.arange(n)[None, :] * window < split.frames[:, None]
+    holds[:, 0] = True
+    return windows, holds
+
+
+class MeanTokenClassifier(nn.Module):
+    """Encoder + linear head on the mean patch token (the cpu fine-tuning recipe's read-out)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:  # (B, 1, T, F) -> (B, C)
+        tokens = self.encoder.forward_features(spec)
+        return self.head(tokens[:, getattr(self.encoder, "num_prefix_tokens", 1) :].mean(1))
+
+
+def finetune_few(
+    encoder: nn.Module,
+    train: probe.ProbeSplit,
+    test: probe.ProbeSplit,
+    seed: int,
+    steps: int = 60,
+    batch_size: int = 16,
+    lr: float = 3e-4,
+    weight_decay: float = 0.05,
+) -> dict[str, Any]:
+    """Fine-tune a copy of ``encoder`` on ``train`` (one random window per clip per sample); test accuracy.
+
+    ``steps`` is fixed whatever the number of clips, so every label count costs the same. The
+    encoder given is left untouched. Returns ``{"score", "losses"}`` (the per-step training losses).
+    """
+    import copy
+
+    window = encoder.patch_embed.img_size[0]
+    classes, train_y = np.unique(train.targets, return_inverse=True)
+    train_w, train_holds = _windows(train, window)
+    test_w, test_holds = _windows(test, window)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MeanTokenClassifier(copy.deepcopy(encoder), len(classes))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    targets = torch.as_tensor(train_y)
+    losses = []
+    for _ in range(steps):
+        clips = torch.randint(len(targets), (batch_size,), generator=generator)
+        valid = train_holds[clips].float()  # (B, n): pick one window that holds audio
+        pick = torch.multinomial(valid, 1, generator=generator)[:, 0]
+        with torch.random.fork_rng(devices=[]):  # drop path draws from the step's own seed
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+            loss = nn.functional.cross_entropy(model(train_w[clips, pick]), targets[clips])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    with torch.no_grad():
+        M, n = test_holds.shape
+        logits = torch.cat([model(chunk) for chunk in test_w.flatten(0, 1).split(256)]).reshape(M, n, -1)
+        mean_logits = (logits * test_holds[..., None]).sum(1) / test_holds.sum(1, keepdim=True)
+    predicted = classes[mean_logits.argmax(1).numpy()]
+    return {"score": 100.0 * float((predicted == test.targets).mean()), "losses": losses}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def _subset(split: probe.ProbeSplit, index: np.ndarray) -> probe.ProbeSplit:
+    chosen = torch.as_tensor(index)
+    return probe.ProbeSplit(split.spec[chosen], split.frames[chosen], split.targets[index])
+
+
+def _features(encoder: nn.Module, split: probe.ProbeSplit) -> dict[str, np.ndarray]:
+    return probe.encoder_features(encoder, split, encoder.patch_embed.img_size[0])
+
+
+def sweep_task(
+    task_name: str,
+    encoder_path: str | Path | nn.Module,
+    shots: Sequence[int] = SHOTS,
+    seeds: Sequence[int] = (0, 1, 2),
+    protocols: Sequence[str] = PROTOCOLS,
+    finetune_steps: int = 60,
+    data_root: str | Path | None = None,
+    progress: bool = True,
+    pools: Sequence[str] = (POOL,),
+) -> list[dict[str, Any]]:
+    """Every (features, protocol, shots, seed) score of one task: one row each.
+
+    ``pools``: the encoders' probe read-outs (:data:`asit.probe.POOLS`); each costs one regression
+    per point, and :func:`diagnose_task` compares them all at one label count.
+
+    Rows: ``{"task", "protocol", "features", "pool", "shots", "seed", "score", "train_clips"}``
+    (``shots`` 0 = all; ``train_clips``: how many labelled clips were drawn).
+    """
+    task = probe.PROBE_TASKS[task_name]
+    train, data = probe.load_split(task, task.train_split, data_root)
+    test, _ = probe.load_split(task, task.test_split, data_root, stats=data.stats)
+    if data.multilabel:
+        raise ValueError(f"{task_name} is multi-label: label efficiency is measured on single-label tasks")
+    pretrained = probe._encoder(encoder_path, None)
+    encoders = {(PRETRAINED, s): pretrained for s in seeds}
+    encoders.update({(RANDOM, s): probe._encoder(probe.random_init(s), pretrained) for s in seeds})
+    fbank_train, fbank_test = probe.pooled_fbank(train), probe.pooled_fbank(test)
+    features = {key: (_features(enc, train), _features(enc, test)) for key, enc in encoders.items() if "probe" in protocols}
+    rows = []
+    for k in shots:
+        for seed in seeds:
+            index = draw_shots(train.targets, k, seed)
+            common = {"task": task_name, "shots": k, "seed": seed, "train_clips": len(index)}
+            y = train.targets[index]
+            if "probe" in protocols:
+                rows.append({**common, "protocol": "probe", "features": probe.FBANK, "pool": "mel mean+std",
+                             "score": probe.probe_score(fbank_train[index], y, fbank_test, test.targets)})
+                for name in (PRETRAINED, RANDOM):
+                    train_f, test_f = features[(name, seed)]
+                    for pool in pools:
+                        score = probe.probe_score(train_f[pool][index], y, test_f[pool], test.targets)
+                        rows.append({**common, "protocol": "probe", "features": name, "pool": pool, "score": score})
+            if "finetune" in protocols:
+                for name in (PRETRAINED, RANDOM):
+                    result = finetune_few(encoders[(name, seed)], _subset(train, index), test, seed, finetune_steps)
+                    rows.append({**common, "protocol": "finetune", "features": name, "pool": POOL, "score": result["score"],
+                                 "final_loss": float(np.mean(result["losses"][-10:]))})
+            if progress:
+                shown = [f"{r['protocol']} {r['features']} {r['score']:.1f}" for r in rows[-8:]
+                         if r["shots"] == k and r["seed"] == seed and r["pool"] in (POOL, "mel mean+std")]
+                print(f"{task_name} k={shot_label(k)} seed {seed}: " + " | ".join(shown), flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the information goes: from the pooled fbank to the encoder's read-outs, one step at a time
+# ---------------------------------------------------------------------------------------------
+
+
+def patch_statistics(split: probe.ProbeSplit, patch: int = 16) -> dict[str, np.ndarray]:
+    """Linear views of the raw spectrogram at the encoder's patch grid (no weights at all).
+
+    - ``"band mean+std"`` ``(M, 2F/p)``: the pooled fbank with mel bins averaged in groups of ``p``
+      (what is left once frequency is seen at the patch's resolution);
+    - ``"patch mean"`` ``(M, p*p)``: the average 16 x 16 patch over the whole clip: everything a
+      linear patch embedding followed by a mean over all patches can pass on;
+    - ``"patch mean per band"`` ``(M, F/p * p*p)``: the same average per row of patches (band).
+    """
+    spec = split.spec[:, 0]  # (M, T, F)
+    M, T, F = spec.shape
+    t = (T // patch) * patch
+    valid = (torch.arange(t)[None, :] < split.frames.clamp_min(1)[:, None]).float()  # (M, t)
+    grid = spec[:, :t].reshape(M, t // patch, patch, F // patch, patch)  # (M, rows, p, bands, p)
+    rows_valid = valid.reshape(M, t // patch, patch).amax(2)  # (M, rows): a row that holds audio
+    weight = (rows_valid / rows_valid.sum(1, keepdim=True))[:, :, None, None, None]
+    per_band = (grid * weight).sum(1).permute(0, 2, 1, 3)  # (M, bands, p, p)
+    fbank = probe.pooled_fbank(split)
+    bands = F // patch
+    band_stats = fbank.reshape(M, 2, bands, patch).mean(3).reshape(M, 2 * bands)
+    return {"band mean+std": band_stats, "patch mean": per_band.mean(1).flatten(1).numpy(),
+            "patch mean per band": per_band.flatten(1).numpy()}
+
+
+def _no_blocks(encoder: nn.Module) -> nn.Module:
+    """A copy of ``encoder`` without its transformer blocks: patch embedding, positions, final norm."""
+    import copy
+
+    shallow = copy.deepcopy(encoder)
+    shallow.blocks = nn.Sequential()
+    return shallow
+
+
+def diagnose_task(task_name: str, encoder_path: str | Path, shots: int = 4, seeds: Sequence[int] = (0, 1, 2),
+                  data_root: str | Path | None = None) -> list[dict[str, Any]]:
+    """Probe scores at ``shots`` labels per class of every step between the pooled fbank and the encoders.
+
+    Rows as :func:`sweep_task`'s (protocol ``"diagnose"``): the pooled fbank; :func:`patch_statistics`;
+    each encoder's ``cls`` / ``mean`` / ``bands`` read-outs, for the pretrained encoder, a random init
+    and the same random init without its transformer blocks (depth 0), all on the same drawn clips.
+    """
+    task = probe.PROBE_TASKS[task_name]
+    train, data = probe.load_split(task, task.train_split, data_root)
+    test, _ = probe.load_split(task, task.test_split, data_root, stats=data.stats)
+    pretrained = probe._encoder(encoder_path, None)
+    window = pretrained.patch_embed.img_size[0]
+    views = {(probe.FBANK, "mel mean+std"): (probe.pooled_fbank(train), probe.pooled_fbank(test))}
+    first_window = probe.ProbeSplit(test.spec[:, :, :window], test.frames.clamp_max(window), test.targets)
+    first_train = probe.ProbeSplit(train.spec[:, :, :window], train.frames.clamp_max(window), train.targets)
+    views[(probe.FBANK, f"mel mean+std, first {window} frames")] = (probe.pooled_fbank(first_train), probe.pooled_fbank(first_window))
+    raw_train, raw_test = patch_statistics(train), patch_statistics(test)
+    views.update({("spectrogram", name): (raw_train[name], raw_test[name]) for name in raw_train})
+    rows = []
+    for seed in seeds:
+        index = draw_shots(train.targets, shots, seed)
+        random = probe._encoder(probe.random_init(seed), pretrained)
+        encoders = {PRETRAINED: pretrained, RANDOM: random, f"{RANDOM}, no blocks": _no_blocks(random)}
+        seed_views = dict(views)
+        for name, encoder in encoders.items():
+            train_f, test_f = _features(encoder, train), _features(encoder, test)
+            seed_views.update({(name, pool): (train_f[pool], test_f[pool]) for pool in probe.POOLS})
+        for (features, pool), (train_x, test_x) in seed_views.items():
+            score = probe.probe_score(train_x[index], train.targets[index], test_x, test.targets)
+            rows.append({"task": task_name, "protocol": "diagnose", "features": features, "pool": pool,
+                         "shots": shots, "seed": seed, "score": score, "train_clips": len(index)})
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, min and max over seeds per (task, protocol, features, pool, shots)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["protocol"], r["features"], r["pool"], r["shots"]), []).append(r["score"])
+    return [
+        {"task": t, "protocol": p, "features": f, "pool": pool, "shots": k, "seeds": len(v),
+         "mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+        for (t, p, f, pool, k), v in groups.items()
+    ]
+
+
+def gap(summary: list[dict[str, Any]], task: str, protocol: str, shots: int = 4, pool: str = POOL) -> dict[str, float]:
+    """Pretrained against random init at ``shots``: mean lead and the margin between the seed ranges.
+
+    ``margin`` = worst pretrained seed minus best random-init seed: positive means the two
+    ranges do not overlap, every seed of the pretrained encoder above every random init.
+    """
+    def row(features):
+        for r in summary:
+            if (r["task"], r["protocol"], r["features"], r["shots"]) == (task, protocol, features, shots) and r["pool"] == pool:
+                return r
+        raise KeyError(f"no {features} row for {task} {protocol} k={shots} pool {pool}")
+
+    ours, theirs = row(PRETRAINED), row(RANDOM)
+    return {"lead": ours["mean"] - theirs["mean"], "margin": ours["min"] - theirs["max"],
+            "pretrained": ours["mean"], "random init": theirs["mean"]}
+
+
+def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL):
+    """One panel per (protocol, task): accuracy against labels per class, seed range shaded."""
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["protocol"], r["task"]) for r in summary}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    styles = {PRETRAINED: ("C0", "o"), RANDOM: ("C3", "s"), probe.FBANK: ("0.4", "^")}
+    for ax, (protocol, task) in zip(axes[0], panels):
+        for features, (colour, marker) in styles.items():
+            line = sorted((r for r in summary if (r["protocol"], r["task"], r["features"]) == (protocol, task, features)
+                           and r["pool"] in (pool, "mel mean+std")), key=lambda r: r["shots"] or 10**6)
+            if not line:
+                continue
+            x = np.arange(len(line))
+            ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=features)
+            ax.fill_between(x, [r["min"] for r in line], [r["max"] for r in line], color=colour, alpha=0.2)
+            ax.set_xticks(x, [shot_label(r["shots"]) for r in line])
+        ax.set(title=f"{task}: {protocol}", xlabel="labelled clips per class", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def markdown(result: dict[str, Any], pool: str = POOL) -> str:
+    """The sweep as Markdown: one row per (task, protocol, features), mean [min, max] per label count."""
+    summary = [r for r in result["summary"] if r["pool"] in (pool, "mel mean+std")]
+    shots = sorted({r["shots"] for r in summary}, key=lambda k: k or 10**6)
+    lines = [f"Encoder `{result['encoder']}`; seeds {result['seeds']}; fine-tuning {result['finetune_steps']} steps; "
+             f"probe read-out `{pool}` (pooled fbank: each mel bin's mean and std). Test accuracy in percent, "
+             "seed mean [lowest, highest].", "",
+             "| task | protocol | features | " + " | ".join(f"k = {shot_label(k)}" for k in shots) + " |",
+             "|---|---|---|" + "---|" * len(shots)]
+    keys = sorted({(r["task"], r["protocol"], r["features"]) for r in summary},
+                  key=lambda key: (key[0], PROTOCOLS.index(key[1]), [PRETRAINED, RANDOM, probe.FBANK].index(key[2])))
+    for key in keys:
+        cells = {r["shots"]: r for r in summary if (r["task"], r["protocol"], r["features"]) == key}
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(
+            f"{cells[k]['mean']:.1f} [{cells[k]['min']:.1f}, {cells[k]['max']:.1f}]" if k in cells else "" for k in shots) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    encoder: str | Path,
+    name: str,
+    tasks: Sequence[str] = TASKS,
+    shots: Sequence[int] = SHOTS,
+    seeds: Sequence[int] = (0, 1, 2),
+    protocols: Sequence[str] = PROTOCOLS,
+    finetune_steps: int = 60,
+    output_dir: str | Path = "results",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole sweep; writes ``<output_dir>/label_efficiency/<name>.json`` and ``.png``, returns the json."""
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    started = time.perf_counter()
+    rows = []
+    for task in tasks:
+        rows += sweep_task(task, encoder, shots, seeds, protocols, finetune_steps, progress=progress)
+    summary = summarise(rows)
+    result = {
+        "encoder": str(encoder), "tasks": list(tasks), "shots": list(shots), "seeds": list(seeds),
+        "protocols": list(protocols), "finetune_steps": finetune_steps, "pool_shown": POOL,
+        "seconds": round(time.perf_counter() - started, 1), "summary": summary, "rows": rows,
+    }  # fmt: skip
+    out = Path(output_dir) / "label_efficiency" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(f"# Label efficiency: {name}\n\nWritten by `asit.label_efficiency.run`.\n\n" + markdown(result))
+    import matplotlib.pyplot as plt
+
+    plt.close(plot(summary, out.with_suffix(".png")))
+    if progress:
+        print(f"wrote {out} and {out.with_suffix('.png')} ({result['seconds']:.0f} s)")
+    return result
+
+
+def diagnose(encoder: str | Path, name: str, tasks: Sequence[str] = TASKS, shots: int = 4,
+             seeds: Sequence[int] = (0, 1, 2), output_dir: str | Path = "results") -> dict[str, Any]:
+    """:func:`diagnose_task` on each task; writes ``<output_dir>/label_efficiency/<name>_diagnosis.json``."""
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    rows = [row for task in tasks for row in diagnose_task(task, encoder, shots, seeds)]
+    summary = summarise(rows)
+    for r in summary:
+        print(f"{r['task']:6s} {r['features']:24s} {r['pool']:30s} {r['mean']:5.1f} [{r['min']:.1f}, {r['max']:.1f}]")
+    result = {"encoder": str(encoder), "shots": shots, "seeds": list(seeds), "summary": summary, "rows": rows}
+    out = Path(output_dir) / "label_efficiency" / f"{name}_diagnosis.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m asit.label_efficiency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("encoder", help="the pretrained encoder folder (asit.pretrain's <run>/encoder)")
+    parser.add_argument("--name", default=None, help="results/label_efficiency/<name>.json (default: the run's folder name)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    parser.add_argument("--shots", default="1,2,4,8,all", help="labelled clips per class; 'all' = the whole training split")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: label draws and random inits")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune or both")
+    parser.add_argument("--finetune-steps", type=int, default=60, help="optimizer steps per fine-tuning run (batch 16)")
+    parser.add_argument("--output-dir", default="results")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="instead of the sweep: probe every step from the pooled fbank to the encoders' read-outs "
+                             "at the first --shots value (diagnose_task), written to <name>_diagnosis.json")
+    args = parser.parse_args(argv)
+    path = Path(args.encoder)
+    name = args.name or (path.parent.name if path.name == "encoder" else path.stem)
+    shots = [0 if s.strip() == "all" else int(s) for s in args.shots.split(",") if s.strip()]
+    tasks = [t for t in args.tasks.split(",") if t]
+    if args.diagnose:
+        return diagnose(args.encoder, name, tasks, shots[0], list(range(args.seeds)), args.output_dir)
+    return run(args.encoder, name, [t for t in args.tasks.split(",") if t], shots, list(range(args.seeds)),
+               [p for p in args.protocols.split(",") if p], args.finetune_steps, args.output_dir)
+
+
+__all__ = ["diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+
+
+if __name__ == "__main__":
+    main()

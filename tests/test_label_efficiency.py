@@ -1,0 +1,102 @@
+"""asit.label_efficiency: drawing k labels per class, few-label fine-tuning, the seed-range verdict."""
+
+import numpy as np
+import pytest
+import torch
+
+from asit import label_efficiency as le
+from asit import probe
+from asit.models import create_encoder
+
+
+def _tiny_encoder(seed: int = 1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_encoder("tiny", num_frames=32, depth=1, drop_path_rate=0.0)
+
+
+def test_draw_shots_takes_k_per_class_nested_and_seeded():
+    targets = np.array([0] * 5 + [1] * 3 + [2] * 7)
+    two = le.draw_shots(targets, 2, seed=0)
+    assert np.bincount(targets[two]).tolist() == [2, 2, 2]
+    four = le.draw_shots(targets, 4, seed=0)
+    assert np.bincount(targets[four]).tolist() == [4, 3, 4]  # class 1 has only 3
+    assert set(two) <= set(four)  # more labels extend the same draw
+    assert np.array_equal(le.draw_shots(targets, 2, seed=0), two)
+    assert any(not np.array_equal(le.draw_shots(targets, 2, seed=s), two) for s in range(1, 6))
+    assert np.array_equal(le.draw_shots(targets, 0, seed=3), np.arange(15))
+    with pytest.raises(ValueError):
+        le.draw_shots(targets, -1, seed=0)
+
+
+def _separable_split(clips_per_class: int, seed: int) -> probe.ProbeSplit:
+    """Two classes: energy in the low or the high mel bins, 64 frames (two 32-frame windows)."""
+    g = torch.Generator().manual_seed(seed)
+    targets = np.repeat([0, 1], clips_per_class)
+    spec = 0.3 * torch.randn(len(targets), 1, 64, 128, generator=g)
+    spec[targets == 0, :, :, :40] += 2.0
+    spec[targets == 1, :, :, 88:] += 2.0
+    return probe.ProbeSplit(spec, torch.full((len(targets),), 64), targets)
+
+
+def test_finetune_few_learns_a_separable_task_deterministically_and_leaves_the_encoder_alone():
+    torch.set_num_threads(1)
+    encoder = _tiny_encoder()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    train, test = _separable_split(4, seed=0), _separable_split(10, seed=1)
+    first = le.finetune_few(encoder, train, test, seed=0, steps=25, batch_size=8, lr=1e-3)
+    again = le.finetune_few(encoder, train, test, seed=0, steps=25, batch_size=8, lr=1e-3)
+    assert first["losses"] == again["losses"]  # same seed, same losses, bit for bit
+    assert first["score"] == again["score"] >= 90.0  # chance is 50
+    assert np.mean(first["losses"][-5:]) < np.mean(first["losses"][:5])
+    other = le.finetune_few(encoder, train, test, seed=1, steps=25, batch_size=8, lr=1e-3)
+    assert other["losses"] != first["losses"]
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_summarise_and_gap_read_the_seed_ranges():
+    rows = []
+    for seed, (ours, theirs) in enumerate([(50.0, 30.0), (60.0, 45.0), (55.0, 40.0)]):
+        common = {"task": "esc50", "protocol": "probe", "pool": "mean", "shots": 4, "seed": seed}
+        rows += [{**common, "features": le.PRETRAINED, "score": ours}, {**common, "features": le.RANDOM, "score": theirs}]
+    summary = le.summarise(rows)
+    pretrained = next(r for r in summary if r["features"] == le.PRETRAINED)
+    assert (pretrained["mean"], pretrained["min"], pretrained["max"], pretrained["seeds"]) == (55.0, 50.0, 60.0, 3)
+    verdict = le.gap(summary, "esc50", "probe", shots=4)
+    assert verdict["lead"] == pytest.approx(55.0 - 115.0 / 3)
+    assert verdict["margin"] == 5.0  # worst pretrained 50 over best random 45: no overlap
+    rows[-1]["score"] = 52.0  # one random init above the worst pretrained seed: ranges overlap
+    assert le.gap(le.summarise(rows), "esc50", "probe")["margin"] == -2.0
+    with pytest.raises(KeyError):
+        le.gap(summary, "ks2", "probe")
+    table = le.markdown({"encoder": "enc", "seeds": [0, 1, 2], "finetune_steps": 5, "summary": summary})
+    assert "| esc50 | probe | pretrained | 55.0 [50.0, 60.0] |" in table
+
+
+def test_patch_statistics_see_the_spectrogram_at_the_patch_grid():
+    spec = torch.zeros(1, 1, 48, 32)  # 3 rows x 2 bands of 16 x 16 patches
+    spec[0, 0, :, 16:] = 2.0  # the upper band is loud
+    spec[0, 0, 32:] = 100.0  # the third row is past the clip's end: left out
+    stats = le.patch_statistics(probe.ProbeSplit(spec, torch.tensor([32]), np.array([0])))
+    np.testing.assert_allclose(stats["band mean+std"][0], [0.0, 2.0, 0.0, 0.0])  # band means, then band stds
+    np.testing.assert_allclose(stats["patch mean"][0], np.full(256, 1.0))  # bands added: the loud band is gone
+    per_band = stats["patch mean per band"][0].reshape(2, 256)
+    np.testing.assert_allclose(per_band, [[0.0] * 256, [2.0] * 256])  # kept apart: still there
+
+
+def test_pretraining_then_finetuning_twice_with_one_seed_gives_identical_losses(tmp_path):
+    """The reproducibility the course's curves rest on: same seed, same bytes, same losses, end to end."""
+    from asit import pretrain as engine
+    from asit.models import load_encoder
+    from test_pretrain import smoke_config
+
+    runs = []
+    for name in ("first", "second"):
+        result = engine.pretrain(smoke_config(tmp_path, output_dir=str(tmp_path / name), num_workers=1), progress=False)
+        steps = (result.run_dir / "steps.jsonl").read_text()
+        encoder = load_encoder(result.encoder_dir)
+        split = _separable_split(3, seed=0)
+        short = probe.ProbeSplit(split.spec[:, :, : encoder.patch_embed.img_size[0]], torch.full((6,), 64), split.targets)
+        runs.append((steps, le.finetune_few(encoder, short, short, seed=0, steps=4, batch_size=4)["losses"]))
+    assert runs[0][0] == runs[1][0] and runs[0][0].count("\n") >= 2  # every logged pretraining loss
+    assert runs[0][1] == runs[1][1]  # every fine-tuning loss
