@@ -20,9 +20,6 @@ PRESETS = ("smoke", "cpu", "gpu", "paper")
 FORCE_PRESET_ENV = "ASIT_FORCE_PRESET"  # set by `make test` to "smoke"
 DATA_DIR_ENV = "ASIT_DATA_DIR"  # where the built-in data lives (default: <repo>/data)
 
-# The public home of this repository; the notebooks' Colab setup cell clones it.
-REPO_URL = "https://github.com/asit-tutorial/asit"
-
 
 def resolve_preset(preset: str) -> str:
     """The preset to run: ``$ASIT_FORCE_PRESET`` if set, else ``preset``; validated."""
