@@ -38,7 +38,6 @@ are for checking that the benchmark works, not for reading.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -66,6 +65,7 @@ from asit.audio import (
     samples_for_frames,
 )
 from asit.masking import MaskingConfig, group_mask, reference_group_mask_loop
+from asit.session import torch_threads
 
 SECTIONS = ("loader", "masking", "features", "step", "end_to_end")
 
@@ -214,17 +214,6 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     if value is None:
         return None
     return float(f"{value:.{digits}g}")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Temporarily run torch's intra-op pool with ``n`` threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- test audio

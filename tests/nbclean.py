@@ -51,6 +51,8 @@ def problems(nb: dict, name: str | None = None) -> list[str]:
         found.append("language_info is not the kernel's full answer (opening the notebook would modify it)")
     has_parameters = False
     for number, cell in enumerate(nb.get("cells", []), start=1):
+        if "id" not in cell:
+            found.append(f"cell {number} has no id (JupyterLab would add one: the notebook opens modified)")
         tags = cell.get("metadata", {}).get("tags", [])
         has_parameters |= "parameters" in tags
         if cell.get("cell_type") != "code":
