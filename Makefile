@@ -78,6 +78,7 @@ $(STAMP): pyproject.toml constraints.txt | system
 	else echo "soundfile: no wheel with libsndfile bundled for this platform; using the system library"; fi; \
 	rm -rf $$wheels
 	$(PY) -m ipykernel install --sys-prefix --name asit --display-name "Python (asit)" >/dev/null
+	rm -rf $(VENV)/share/jupyter/kernels/python3  # the same Python as "asit": one kernel, one name
 	touch $@
 
 data: $(BUILTIN_DATA)
@@ -98,8 +99,14 @@ test-unit: $(STAMP) $(BUILTIN_DATA)
 test-notebooks: $(STAMP) $(BUILTIN_DATA)
 	ASIT_FORCE_PRESET=smoke $(PY) -m pytest notebooks $(NBVAL_FLAGS)
 
+# Only the project's kernel in the launcher: ipykernel's own "Python 3" would be the same
+# interpreter under another name, which the notebooks do not ask for (papermill and nbval still
+# find it, as jupyter_client's native kernel, outside the lab). Jupyter refuses root
+# (a container's usual user) unless told.
 lab: $(STAMP) $(BUILTIN_DATA)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --KernelSpecManager.ensure_native_kernel=False \
+		--MappingKernelManager.default_kernel_name=asit \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP) $(BUILTIN_DATA)
 	$(PY) -m asit.bench
