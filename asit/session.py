@@ -81,6 +81,17 @@ def data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or repo_root() / "data")
 
 
+def portable_path(path: str | Path | None, output_dir: str | Path) -> str | None:
+    """``path`` as a result file stores it: relative to the run's ``output_dir`` when it lies
+    inside it, so committed results name no machine's folders; other paths as given."""
+    if path is None:
+        return None
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(output_dir)).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def describe_environment(device: torch.device | None = None) -> str:
     """One line a learner can paste into a question: versions and the device."""
     import torchaudio
