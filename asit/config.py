@@ -8,7 +8,7 @@ Presets (``get_preset(name, **overrides)``):
   encoder.
 - ``gpu``:   a Colab T4; under an hour (estimated, not measured). ViT-S on 6 s crops of the built-in pool.
 - ``paper``: ViT-B on AudioSet-2M with the settings of the authors' released pretraining code
-  (see ``/work/shared/reference/asit-method.md``, "Optimisation (pretraining)").
+  (see ``notebooks/method.md``, "Optimisation (pretraining)").
 
 Where the two public revisions of the authors' code differ, the default is named in the comment
 and the other is one override away (``--set key=value`` on the command line, see :func:`override`).

@@ -27,7 +27,7 @@ from asit.atomic import atomic_write
 from asit.tasks import TASK_METRICS, TASK_TITLES
 
 # Reported results (ViT-B, AudioSet pretraining, fine-tuned), as quoted in later literature's
-# comparison tables; see shared/reference/asit-method.md. ``None``: not reported there. ASiT's
+# comparison tables; see notebooks/method.md, "Reported results". ``None``: not reported there. ASiT's
 # VoxCeleb1 accuracy is not recorded in our reference, so it stays empty rather than invented.
 PAPER_RESULTS: dict[str, dict[str, float | None]] = {
     #                 AS-2M mAP        AS-20K mAP         ESC-50 acc    KS1 acc      KS2 acc      VoxCeleb1 acc
