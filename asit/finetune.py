@@ -353,9 +353,13 @@ def train_one_run(
 
     best = {"value": -math.inf, "epoch": -1, "state": None, "metrics": None}
     history = []
+    from tqdm.auto import tqdm
+
+    # one bar per run, not per epoch
+    run_bar = tqdm(total=task.epochs * state.steps_per_epoch, desc=label or "fine-tuning", disable=not progress)
     for epoch in range(task.epochs):
         started = time.time()
-        train_loss = train_one_epoch(state, loaders["train"], epoch, skipped, label, progress)
+        train_loss = train_one_epoch(state, loaders["train"], epoch, skipped, label, progress, bar=run_bar)
         val = evaluate_split("val", "validation")
         value = val["metrics"][task.metric]
         value = -math.inf if math.isnan(value) else value
@@ -375,7 +379,7 @@ def train_one_run(
         if best["state"] is None or value > best["value"]:  # NaN (undefined) never beats a number
             best = {"value": value, "epoch": epoch + 1, "metrics": val["metrics"],
                     "state": {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}}
-
+    run_bar.close()
     state.model.load_state_dict(best["state"])
     return {
         "model": state.model,
