@@ -24,8 +24,6 @@ COURSE = [
 ]
 SHARED_PARAMETERS = {"preset", "dataset", "data_root", "output_dir", "seed"}
 MAX_CODE_LINE = 100  # what a cell shows at 1400 px with JupyterLab's file browser open
-# Notebooks whose code is not yet wrapped to MAX_CODE_LINE (being rewritten elsewhere); empty this.
-NOT_YET_WRAPPED = {"04_pretraining", "20_results"}
 
 
 def _cells(path: Path) -> list[dict]:
@@ -98,7 +96,7 @@ def test_the_setup_cell_names_the_kernel_when_asit_is_missing(monkeypatch):
         exec(compile(setup, "setup cell", "exec"), {})
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem not in NOT_YET_WRAPPED], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_code_lines_fit_the_cell(path):
     too_long = [
         (number, len(line)) for number, cell in enumerate(_cells(path), start=1) if cell["cell_type"] == "code"
