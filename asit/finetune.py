@@ -1,7 +1,7 @@
 """Fine-tuning and linear probing of an (ASiT-pretrained) encoder on a downstream task.
 
     python -m asit.finetune --task esc50 --preset cpu --dataset builtin --checkpoint auto
-    python -m asit.finetune --task ks2 --preset paper --dataset official --data-root /data/speech_commands_v0.02
+    python -m asit.finetune --task ks2 --preset paper --dataset speech_commands_v2 --data-root /data/speech_commands_v0.02
 
 One run, step by step:
 
@@ -455,8 +455,8 @@ def finetune(
     Args:
         task_cfg: a :class:`~asit.tasks.TaskConfig` (``get_task(name, preset)``) or a task name
             (its ``paper`` preset).
-        dataset: the data's label in the result file: ``"builtin"`` (no ``data_root``) or a name
-            for real data (e.g. ``"official"``) in ``data_root``, its publisher's layout.
+        dataset: the course's ``dataset``: ``"builtin"`` (no ``data_root``) or the data set's name
+            (e.g. ``"speech_commands_v2"``) in ``data_root``, its publisher's layout; it names the result file.
         checkpoint: encoder dir / safetensors, ``"auto"``, ``"none"`` or ``"imagenet:<path>"``
             (:func:`asit.classifier.resolve_checkpoint`); ``output_dir`` is where ``"auto"`` looks.
         mode: ``"finetune"`` (every weight trains) or ``"linear"`` (frozen encoder, linear head).
