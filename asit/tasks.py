@@ -29,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from asit.config import get_preset
+import asit.config
 from asit.session import PRESETS
 
 AST_SOURCE = "AST's published recipe, as quoted in notebooks/method.md ('Fine-tuning')"
@@ -313,7 +313,7 @@ def pretraining_architecture(preset: str) -> dict[str, Any]:
     Read from :func:`asit.config.get_preset` at every call, so a retuned pretraining preset
     changes the random-init baseline of the downstream preset of the same name with it.
     """
-    pretraining = get_preset(preset)
+    pretraining = asit.config.get_preset(preset)  # looked up at call time (a retuned preset counts)
     return {"model_size": pretraining.model_size, "depth": int(pretraining.depth)}
 
 
