@@ -20,7 +20,12 @@ UV_FLAGS := --index-strategy unsafe-best-match --compile-bytecode \
 
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint
+# Debian packages the set-up needs: espeak-ng and sox speak and shape the built-in speech data,
+# libsndfile1 is soundfile's C library (for the pure-Python soundfile wheel). Each is checked by
+# what it provides, so other systems (conda, Homebrew) pass when they have them.
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1
+
+.PHONY: help system venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint
 
 help:
 	@echo "make reproduce   set up, build the built-in data, run every notebook (PRESET=$(PRESET))"
@@ -30,20 +35,57 @@ help:
 	@echo "make label-efficiency  the label-efficiency sweep of the course encoder, 5 seeds (results/label_efficiency/)"
 	@echo "make course-checkpoint pretrain the course encoder once and copy it to results/course_checkpoint/"
 	@echo "make data        (re)build the built-in data sets under data/builtin"
+	@echo "make system      check the system packages ($(SYSTEM_PACKAGES)); as root, install them"
 	@echo "make lock        re-pin constraints.txt from the current .venv"
+
+# Installs what is missing as root with apt (the list first: a fresh image has none), otherwise
+# stops with the one command to run. Runs before everything else, on every make.
+system:
+	@missing=""; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	command -v sox >/dev/null 2>&1 || missing="$$missing sox"; \
+	{ ldconfig -p 2>/dev/null | grep -q 'libsndfile\.so' || dpkg -s libsndfile1 >/dev/null 2>&1; } \
+		|| missing="$$missing libsndfile1"; \
+	[ -z "$$missing" ] && exit 0; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing the system packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null || exit 1; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "missing system packages; run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
+	elif command -v brew >/dev/null 2>&1; then \
+		echo "missing system packages; run: brew install$$missing" | sed 's/libsndfile1/libsndfile/'; exit 1; \
+	else \
+		echo "missing system packages:$$missing; install them, or use conda: conda env create -f environment.yml"; \
+		exit 1; \
+	fi
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# uv takes a version's wheel from the first index that lists it, which can be soundfile's
+# pure-Python wheel although a wheel with libsndfile bundled exists for this platform; pip picks
+# the most specific wheel, so ask pip for one and install it when it bundles the library.
+$(STAMP): pyproject.toml constraints.txt | system
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
 	test -x $(PY) || uv venv -q --python $(PYTHON) $(VENV)
 	VIRTUAL_ENV=$(VENV) uv pip install -q $(UV_FLAGS) -c constraints.txt -e ".[notebooks,dev,export,suites,book]"
+	@wheels=$$(mktemp -d); \
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -c constraints.txt soundfile -d $$wheels \
+		>/dev/null 2>&1; \
+	if $(PYTHON) -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); \
+		sys.exit(not any('_soundfile_data/libsndfile' in n for n in names))" $$wheels/soundfile-*.whl \
+		2>/dev/null; then \
+		VIRTUAL_ENV=$(VENV) uv pip install -q --reinstall --no-deps $$wheels/soundfile-*.whl; \
+		echo "soundfile: the wheel with libsndfile bundled"; \
+	else echo "soundfile: no wheel with libsndfile bundled for this platform; using the system library"; fi; \
+	rm -rf $$wheels
 	$(PY) -m ipykernel install --sys-prefix --name asit --display-name "Python (asit)" >/dev/null
+	rm -rf $(VENV)/share/jupyter/kernels/python3  # the same Python as "asit": one kernel, one name
 	touch $@
 
 data: $(BUILTIN_DATA)
 
-$(BUILTIN_DATA): $(STAMP) asit/datasets/builtin.py
+$(BUILTIN_DATA): $(STAMP) asit/datasets/builtin.py | system
 	$(PY) -m asit.datasets.builtin --out data/builtin
 
 reproduce: $(STAMP) $(BUILTIN_DATA)
@@ -74,8 +116,14 @@ COURSE_EPOCHS ?=
 course-checkpoint: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.course $(if $(COURSE_EPOCHS),--epochs $(COURSE_EPOCHS))
 
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+# Only the project's kernel in the launcher: ipykernel's own "Python 3" would be the same
+# interpreter under another name, which the notebooks do not ask for (papermill and nbval still
+# find it, as jupyter_client's native kernel, outside the lab). Jupyter refuses root
+# (a container's usual user) unless told.
+lab: $(STAMP) $(BUILTIN_DATA)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --KernelSpecManager.ensure_native_kernel=False \
+		--MappingKernelManager.default_kernel_name=asit \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP) $(BUILTIN_DATA)
 	$(PY) -m asit.bench

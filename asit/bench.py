@@ -38,7 +38,6 @@ are for checking that the benchmark works, not for reading.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -73,7 +72,7 @@ from asit.datasets import collate_clips, get_dataset
 from asit.engine_pretrain import build_training, train_step
 from asit.features import FbankFrontend
 from asit.masking import MaskingConfig, group_mask, reference_group_mask_loop
-from asit.session import pick_device
+from asit.session import pick_device, torch_threads
 from asit.training import param_groups
 
 SECTIONS = ("loader", "masking", "features", "step", "end_to_end")
@@ -223,17 +222,6 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     if value is None:
         return None
     return float(f"{value:.{digits}g}")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Temporarily run torch's intra-op pool with ``n`` threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- test audio

@@ -8,7 +8,8 @@ Presets (``get_preset(name, **overrides)``):
   encoder.
 - ``gpu``:   a Colab T4; under an hour (estimated, not measured). ViT-S on 6 s crops of the built-in pool.
 - ``paper``: ViT-B on AudioSet-2M, the authors' released pretraining code (earlier revision)
-  in every behaviour: the dataclass defaults are its values.
+  in every behaviour: the dataclass defaults are its values (``notebooks/method.md``,
+  "Optimisation (pretraining)").
 - ``paper_v2``: the later public revision (16 kHz, 4 local crops of 2 s, 8192 outputs for both
   heads, loss weights 1/2, 1/2, 1, teacher-temperature warm-up 5 epochs, ImageNet initialisation
   when ``init_weights`` names a file).
@@ -318,7 +319,7 @@ def _paper() -> PretrainConfig:
 
 
 def _paper_v2() -> PretrainConfig:
-    # The later public revision, as summarised in /work/shared/reference/asit-method.md; what it
+    # The later public revision, as summarised in notebooks/method.md; what it
     # does not name stays as in `paper`. ImageNet initialisation: --set init_weights=<file>.
     from asit.masking import MaskingConfig
 

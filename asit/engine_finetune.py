@@ -101,8 +101,10 @@ def _batch_spectrograms(state: FinetuneState, batch: dict) -> torch.Tensor:
     return state.spec_augment(spec)
 
 
-def train_one_epoch(state: FinetuneState, loader: DataLoader, epoch: int, skipped: list, label: str = "", progress: bool = False) -> float:
-    """One epoch (at most ``steps_per_epoch`` batches); returns the mean training loss."""
+def train_one_epoch(state: FinetuneState, loader: DataLoader, epoch: int, skipped: list, label: str = "",
+                    progress: bool = False, bar: Any = None) -> float:
+    """One epoch (at most ``steps_per_epoch`` batches); returns the mean training loss. ``bar``: the
+    run's progress bar (one per run, the caller's), advanced here; else ``progress`` draws one."""
     task, model = state.task, state.model
     model.train()
     state.spec_augment.train()
@@ -110,7 +112,12 @@ def train_one_epoch(state: FinetuneState, loader: DataLoader, epoch: int, skippe
         state.noise.train()
     running = torch.zeros((), device=state.device)  # sum of loss x clips, kept on the device
     seen = 0
-    bar = tqdm(total=state.steps_per_epoch, desc=f"{label}epoch {epoch + 1}/{task.epochs}", disable=not progress, leave=False)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=state.steps_per_epoch, desc=f"{label}epoch {epoch + 1}/{task.epochs}", disable=not progress,
+                   leave=False)
+    else:
+        bar.set_description(f"{label}epoch {epoch + 1}/{task.epochs}")
     for batch_index, batch in enumerate(loader):
         if batch_index >= state.steps_per_epoch:
             break
@@ -137,7 +144,8 @@ def train_one_epoch(state: FinetuneState, loader: DataLoader, epoch: int, skippe
             mean_loss = finite_mean_loss(running, seen, epoch, state.step)
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{state.lrs[state.step - 1]:.2e}")
         bar.update()
-    bar.close()
+    if own_bar:
+        bar.close()
     return finite_mean_loss(running, seen, epoch, state.step)
 
 

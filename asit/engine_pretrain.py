@@ -345,6 +345,7 @@ def train_one_epoch(
     on_log: Callable[[int, dict], None] | None = None,
     on_save: Callable[[int], None] | None = None,
     progress: bool = False,
+    bar: Any = None,
 ) -> None:
     """One pass over ``loader`` (from step ``start_step`` of the epoch on).
 
@@ -352,11 +353,16 @@ def train_one_epoch(
     reconstruction) and their count; :func:`epoch_means` turns it into the epoch's means. The
     callbacks let the driver see each batch (``on_batch``: skipped files), log a step
     (``on_log(done, point)`` every ``log_every`` steps and at the epoch's end: that step's losses)
-    and checkpoint mid-epoch (``on_save(done)`` every ``save_every_steps``).
+    and checkpoint mid-epoch (``on_save(done)`` every ``save_every_steps``). ``bar``: the run's
+    progress bar (one per run, the driver's), advanced here; else ``progress`` draws one for the epoch.
     """
     cfg, steps = state.cfg, state.steps_per_epoch
     state.student.train()
-    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False) if progress else None
+    own_bar = bar is None and progress
+    if own_bar:
+        bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+    elif bar is not None:
+        bar.set_description(f"pretraining, epoch {epoch + 1}/{cfg.epochs}")
     for step_in_epoch, batch in enumerate(loader, start=start_step):
         it = epoch * steps + step_in_epoch
         if on_batch is not None:
@@ -378,7 +384,7 @@ def train_one_epoch(
             bar.update(1)
         if on_save is not None and cfg.save_every_steps and done % cfg.save_every_steps == 0 and done < steps:
             on_save(done)
-    if bar is not None:
+    if own_bar:
         bar.close()
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning and linear probing of an (ASiT-pretrained) encoder on a downstream task.
 
     python -m asit.finetune --task esc50 --preset cpu --dataset builtin --checkpoint auto
-    python -m asit.finetune --task ks2 --preset paper --dataset official --data-root /data/speech_commands_v0.02
+    python -m asit.finetune --task ks2 --preset paper --dataset speech_commands_v2 --data-root /data/speech_commands_v0.02
 
 One run, step by step:
 
@@ -140,6 +140,11 @@ def subset_paths(dataset) -> list[str]:
     return [dataset.paths[i] for i in (indices if indices is not None else range(len(dataset)))]
 
 
+def _manifest(task: TaskConfig, role: str) -> dict[str, str]:
+    """``{"manifest": path}`` when the task names a manifest for ``role`` (train / eval), else ``{}``."""
+    return {"manifest": task.manifests[role]} if task.manifests.get(role) else {}
+
+
 def build_datasets(
     task: TaskConfig, data_root: str | Path | None = None, fold: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
@@ -158,14 +163,16 @@ def build_datasets(
     if task.dataset == "esc50" and fold is not None and len(esc50_folds_present(data_root)) < 3:
         # Two folds: test on one, hold a validation part out of the other (no fold to spare).
         train_split, val_split = "trainval", None
-    train = get_dataset(task.dataset, train_split, data_root, random_crop=task.random_crop, **extra, **kwargs)
+    train_extra = {**extra, **_manifest(task, "train")}
+    train = get_dataset(task.dataset, train_split, data_root, random_crop=task.random_crop, **train_extra, **kwargs)
     if val_split is not None:
         val = get_dataset(task.dataset, val_split, data_root, random_crop=False, **extra, **eval_kwargs)
     else:
-        fixed = get_dataset(task.dataset, train_split, data_root, random_crop=False, **extra, **eval_kwargs)
+        fixed = get_dataset(task.dataset, train_split, data_root, random_crop=False, **train_extra, **eval_kwargs)
         train_idx, val_idx = _holdout(train, task.val_fraction, seed)
         train, val = Subset(train, train_idx), Subset(fixed, val_idx)
-    test = get_dataset(task.dataset, task.test_split, data_root, random_crop=False, **extra, **eval_kwargs)
+    test_extra = {**extra, **_manifest(task, "eval")}
+    test = get_dataset(task.dataset, task.test_split, data_root, random_crop=False, **test_extra, **eval_kwargs)
     return {
         "train": _cap(train, task.max_train_items, seed),
         "val": _cap(val, task.max_eval_items, seed + 1),
@@ -346,9 +353,13 @@ def train_one_run(
 
     best = {"value": -math.inf, "epoch": -1, "state": None, "metrics": None}
     history = []
+    from tqdm.auto import tqdm
+
+    # one bar per run, not per epoch
+    run_bar = tqdm(total=task.epochs * state.steps_per_epoch, desc=label or "fine-tuning", disable=not progress)
     for epoch in range(task.epochs):
         started = time.time()
-        train_loss = train_one_epoch(state, loaders["train"], epoch, skipped, label, progress)
+        train_loss = train_one_epoch(state, loaders["train"], epoch, skipped, label, progress, bar=run_bar)
         val = evaluate_split("val", "validation")
         value = val["metrics"][task.metric]
         value = -math.inf if math.isnan(value) else value
@@ -368,7 +379,7 @@ def train_one_run(
         if best["state"] is None or value > best["value"]:  # NaN (undefined) never beats a number
             best = {"value": value, "epoch": epoch + 1, "metrics": val["metrics"],
                     "state": {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}}
-
+    run_bar.close()
     state.model.load_state_dict(best["state"])
     return {
         "model": state.model,
@@ -444,8 +455,8 @@ def finetune(
     Args:
         task_cfg: a :class:`~asit.tasks.TaskConfig` (``get_task(name, preset)``) or a task name
             (its ``paper`` preset).
-        dataset: the data's label in the result file: ``"builtin"`` (no ``data_root``) or a name
-            for real data (e.g. ``"official"``) in ``data_root``, its publisher's layout.
+        dataset: the course's ``dataset``: ``"builtin"`` (no ``data_root``) or the data set's name
+            (e.g. ``"speech_commands_v2"``) in ``data_root``, its publisher's layout; it names the result file.
         checkpoint: encoder dir / safetensors, ``"auto"``, ``"none"`` or ``"imagenet:<path>"``
             (:func:`asit.classifier.resolve_checkpoint`); ``output_dir`` is where ``"auto"`` looks.
         mode: ``"finetune"`` (every weight trains) or ``"linear"`` (frozen encoder, linear head).
@@ -616,7 +627,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--preset", default="cpu", choices=PRESETS, help="smoke: seconds; cpu: minutes on a laptop; gpu; paper: the recipe")
-    parser.add_argument("--dataset", default="builtin", help="'builtin' (no --data-root needed) or a label for real data, e.g. 'official'")
+    parser.add_argument("--dataset", default="builtin", help="'builtin' (no --data-root needed) or the data set's name, "
+                        "e.g. 'speech_commands_v1' (with --data-root); it names the result file")
+    parser.add_argument("--train-manifest", help="AudioSet: the training json (default balanced_train.json, "
+                        "AS-2M unbalanced_train.json), absolute or relative to --data-root")
+    parser.add_argument("--eval-manifest", help="AudioSet: the evaluation json (default eval.json)")
     parser.add_argument("--data-root", default=None, help="the unpacked data set in its publisher's layout")
     parser.add_argument("--checkpoint", default="auto", help="encoder folder / .safetensors, 'auto' (newest pretraining output), 'none', or 'imagenet:<path>'")
     parser.add_argument("--mode", default="finetune", choices=("finetune", "linear"), help="linear: frozen encoder, only a linear head trains")
@@ -628,7 +643,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "(the grammar of asit.pretrain's --set: values take the field's type)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    task = apply_settings(get_task(args.task, args.preset), args.set)
+    manifests = {role: path for role, path in (("train", args.train_manifest), ("eval", args.eval_manifest)) if path}
+    task = apply_settings(get_task(args.task, args.preset, manifests=manifests), args.set)
     result = finetune(task, args.dataset, args.data_root, args.checkpoint, args.mode, args.output_dir, args.device,
                       progress=not args.no_progress, seed=args.seed)
     print(json.dumps({"result": result["result_path"], "metrics": result["metrics"]}, indent=2))

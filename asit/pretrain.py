@@ -55,7 +55,7 @@ from asit.engine_pretrain import (
     train_step,
 )
 from asit.models import save_encoder
-from asit.session import PRESETS
+from asit.session import PRESETS, portable_path
 from asit.training import DistInfo, NonFiniteLossError, apply_settings, init_distributed
 
 # ----------------------------------------------------------------------------- data
@@ -331,7 +331,7 @@ def _save_encoder(run: _Run, extra: dict) -> Path:
     return run.encoder_dir
 
 
-def _train_epoch(run: _Run, epoch: int, progress: bool) -> None:
+def _train_epoch(run: _Run, epoch: int, progress: bool, bar=None) -> None:
     """One epoch through the engine; logs steps to ``steps.jsonl`` and checkpoints mid-epoch."""
     cfg, info = run.cfg, run.info
 
@@ -349,6 +349,7 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> None:
         on_log=log_step,
         on_save=lambda done: _save(run, epoch, done, numbered=False),
         progress=progress and info.is_main,
+        bar=bar,
     )
     _check_finite(run)
     if info.enabled:  # every rank's workers found their own bad files
@@ -406,8 +407,8 @@ def _summary(run: _Run, started: float) -> dict:
     final = history[-1] if history else {}
     return {
         "preset": cfg.preset,
-        "run_dir": str(run.run_dir),
-        "encoder_dir": str(run.encoder_dir),
+        "run_dir": portable_path(run.run_dir, run.cfg.output_dir),  # relative: no machine's folders
+        "encoder_dir": portable_path(run.encoder_dir, run.cfg.output_dir),
         "epochs": cfg.epochs,
         "steps": sum(h.get("steps", 0) for h in history),
         "final_loss": final.get("loss"),
@@ -474,10 +475,18 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
             for name in ("log.jsonl", "steps.jsonl", "summary.json"):
                 (run.run_dir / name).unlink(missing_ok=True)
     started = time.time()
+    steps = run.state.steps_per_epoch
+    bar = None  # one bar for the whole run (not one per epoch), on the main process only
+    if progress and run.info.is_main and run.start_epoch < cfg.epochs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps, initial=run.start_epoch * steps + run.start_step, desc="pretraining")
     for epoch in range(run.start_epoch, cfg.epochs):
         epoch_start = time.time()
-        _train_epoch(run, epoch, progress)
+        _train_epoch(run, epoch, progress, bar)
         _end_epoch(run, epoch, time.time() - epoch_start, progress)
+    if bar is not None:
+        bar.close()
     summary = _summary(run, started)
     if run.info.is_main:
         _report(run, summary, progress)

@@ -92,6 +92,15 @@ def _describe_failure(err: Exception) -> str:
     return f"{where}: {ename}: {evalue}" if where else f"{ename}: {evalue}"
 
 
+def _seen_from(path: Path, notebook_dir: Path) -> str:
+    """``path`` as the notebooks (run in ``notebook_dir``) should see it: relative when it lies in
+    the checkout that holds them, so the configs and results they write name no machine's folders."""
+    try:
+        return os.path.join("..", path.relative_to(notebook_dir.parent))
+    except ValueError:
+        return str(path)
+
+
 def run_notebook(
     source: Path,
     executed: Path,
@@ -136,7 +145,7 @@ def reproduce(
     if os.environ.get(FORCE_PRESET_ENV):
         print(f"warning: ${FORCE_PRESET_ENV}={os.environ[FORCE_PRESET_ENV]} overrides --preset inside the notebooks")
 
-    base = {"preset": preset, "output_dir": str(output_dir), **(extra_parameters or {})}
+    base = {"preset": preset, "output_dir": _seen_from(output_dir, notebook_dir), **(extra_parameters or {})}
     encoder_dir = output_dir / "pretrain" / preset / "encoder"
     runs: list[NotebookRun] = []
     print(f"Reproducing {len(notebooks)} notebook(s) with preset '{preset}' -> {output_dir / 'executed'}")
@@ -145,7 +154,7 @@ def reproduce(
         parameters = dict(base)
         # The downstream notebooks start from this preset's pretraining output when there is one.
         if int(source.stem[:2]) >= 10 and "checkpoint" not in parameters and encoder_dir.exists():
-            parameters["checkpoint"] = str(encoder_dir)
+            parameters["checkpoint"] = _seen_from(encoder_dir, notebook_dir)
         print(f"- {source.name} ...", flush=True)
         started = time.time()
         try:

@@ -24,10 +24,11 @@ import pandas as pd
 
 from asit import __version__
 from asit.atomic import atomic_write
+from asit.session import portable_path
 from asit.tasks import TASK_METRICS, TASK_TITLES
 
 # Reported results (ViT-B, AudioSet pretraining, fine-tuned), as quoted in later literature's
-# comparison tables; see shared/reference/asit-method.md. ``None``: not reported there. ASiT's
+# comparison tables; see notebooks/method.md, "Reported results". ``None``: not reported there. ASiT's
 # VoxCeleb1 accuracy is not recorded in our reference, so it stays empty rather than invented.
 PAPER_RESULTS: dict[str, dict[str, float | None]] = {
     #                 AS-2M mAP        AS-20K mAP         ESC-50 acc    KS1 acc      KS2 acc      VoxCeleb1 acc
@@ -71,6 +72,17 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _portable_paths(extra: dict[str, Any], output_dir: str | Path) -> dict[str, Any]:
+    """``extra`` with the encoders' and classifiers' paths relative to ``output_dir`` (when inside)."""
+    out = dict(extra)
+    for key in ("encoder", "baseline_encoder"):
+        if isinstance(out.get(key), dict) and out[key].get("path"):
+            out[key] = {**out[key], "path": portable_path(out[key]["path"], output_dir)}
+    if out.get("classifier_paths"):
+        out["classifier_paths"] = [portable_path(p, output_dir) for p in out["classifier_paths"]]
+    return out
+
+
 def write_run_result(
     output_dir: str | Path,
     task: str,
@@ -101,7 +113,7 @@ def write_run_result(
         "metrics": _jsonable(metrics),
         "baseline_metrics": _jsonable(baseline_metrics) if baseline_metrics is not None else None,
         "paper": {"model": "ASiT", "metric": TASK_METRICS.get(task), "value": paper_number(task)},
-        "checkpoint": checkpoint,
+        "checkpoint": portable_path(checkpoint, output_dir),
         "device": device,
         "seconds": seconds,
         "notes": notes or [],
@@ -109,7 +121,7 @@ def write_run_result(
         "asit_version": __version__,
         "python": platform.python_version(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **_jsonable(extra),
+        **_jsonable(_portable_paths(extra, output_dir)),
     }
     with atomic_write(path, "w") as handle:
         handle.write(json.dumps(record, indent=2) + "\n")

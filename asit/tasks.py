@@ -4,7 +4,7 @@ The paper fine-tunes the pretrained encoder on audio event classification (Audio
 AudioSet-2M, ESC-50), keyword spotting (Speech Commands V1 = KS1, V2 = KS2) and speaker
 identification (VoxCeleb1). Its release says the fine-tuning follows AST's recipes (Gong et al.
 2021, "AST: Audio Spectrogram Transformer"); the ``paper`` preset below is that recipe as quoted
-in ``shared/reference/asit-method.md``, section "Fine-tuning". Every config names, in
+in ``notebooks/method.md``, section "Fine-tuning". Every config names, in
 ``source``, where each of its defaults comes from.
 
 Presets scale the recipe to the hardware (see :func:`get_task`):
@@ -29,10 +29,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from asit import config
+import asit.config
 from asit.session import PRESETS
 
-AST_SOURCE = "AST's published recipe, as quoted in shared/reference/asit-method.md ('Fine-tuning')"
+AST_SOURCE = "AST's published recipe, as quoted in notebooks/method.md ('Fine-tuning')"
 
 
 @dataclass
@@ -92,6 +92,8 @@ class TaskConfig:
     val_split: str | None = "val"  # split that picks the best epoch; None: hold out val_fraction of train_split
     test_split: str = "test"  # split of the final numbers (never used to choose anything)
     val_fraction: float = 0.1  # share of train_split held out for validation when val_split is None
+    manifests: dict[str, str] = field(default_factory=dict)  # AudioSet: {"train": json, "eval": json}
+    # for the training and test splits (absolute, or relative to data_root); {}: the documented names
     folds: tuple[int, ...] = ()  # ESC-50: test folds to run (cross-validation); empty: the task has fixed splits
     max_train_items: int | None = None  # cap on training clips (smoke preset); None: all
     max_eval_items: int | None = None  # cap on validation / test clips (smoke preset); None: all
@@ -311,7 +313,7 @@ def pretraining_architecture(preset: str) -> dict[str, Any]:
     Read from :func:`asit.config.get_preset` at every call, so a retuned pretraining preset
     changes the random-init baseline of the downstream preset of the same name with it.
     """
-    pretraining = config.get_preset(preset)  # looked up at call time (see docstring)
+    pretraining = asit.config.get_preset(preset)  # looked up at call time (a retuned preset counts)
     return {"model_size": pretraining.model_size, "depth": int(pretraining.depth)}
 
 
@@ -351,4 +353,24 @@ def get_task(name: str, preset: str = "paper", **overrides: Any) -> TaskConfig:
     return TaskConfig(name=name, preset=preset, **values)
 
 
-__all__ = ["TaskConfig", "TASKS", "TASK_METRICS", "TASK_TITLES", "get_task", "pretraining_architecture"]
+def task_for(dataset: str, choices: tuple[str, ...], task: str = "auto") -> str:
+    """The task a notebook runs on ``dataset`` (the course's parameter: ``"builtin"`` or a data set's
+    name), out of the notebook's ``choices``. ``task="auto"``: the first choice that reads ``dataset``
+    (the first choice for the built-in copy or a folder of one's own); a task that does not read
+    ``dataset`` is an error naming the one that does."""
+    readers = [name for name in choices if _RECIPES[name]["dataset"] == dataset]
+    own_data = dataset in ("builtin", "folder")
+    if task == "auto":
+        if own_data or readers:
+            return (readers or list(choices))[0]
+        raise ValueError(f"dataset {dataset!r} is none of this notebook's: {', '.join(choices)} read "
+                         f"{', '.join(sorted({_RECIPES[c]['dataset'] for c in choices}))} (or 'builtin')")
+    if task not in choices:
+        raise ValueError(f"task {task!r} is not one of this notebook's: {', '.join(choices)}")
+    if not own_data and task not in readers:
+        hint = f"set task={readers[0]!r} (or 'auto')" if readers else "pick the data set it reads"
+        raise ValueError(f"task {task!r} reads {_RECIPES[task]['dataset']!r}, not {dataset!r}: {hint}")
+    return task
+
+
+__all__ = ["TaskConfig", "TASKS", "TASK_METRICS", "TASK_TITLES", "get_task", "pretraining_architecture", "task_for"]

@@ -323,3 +323,31 @@ def test_layer_decay_scales_the_lr_from_the_head_down_to_the_patch_embedding():
     assert scale_of[id(named["encoder.pos_embed"])] == 0.125 and decay_of[id(named["encoder.pos_embed"])] == 0.0
     assert decay_of[id(named["encoder.blocks.0.mlp.fc1.weight"])] == 0.05
     assert sum(len(g["params"]) for g in groups) == len(named)  # every parameter in exactly one group
+
+
+def test_task_follows_the_data_set_and_a_mismatch_names_the_right_one():
+    from asit.tasks import task_for
+
+    assert task_for("speech_commands_v1", ("ks2", "ks1")) == "ks1"
+    assert task_for("speech_commands_v2", ("ks2", "ks1")) == "ks2"
+    assert task_for("builtin", ("ks2", "ks1")) == "ks2" and task_for("builtin", ("ks2", "ks1"), "ks1") == "ks1"
+    assert task_for("audioset", ("audioset_20k", "audioset_2m"), "audioset_2m") == "audioset_2m"
+    with pytest.raises(ValueError, match=r"task 'ks2' reads 'speech_commands_v2', not 'speech_commands_v1': set task='ks1'"):
+        task_for("speech_commands_v1", ("ks2", "ks1"), "ks2")
+    with pytest.raises(ValueError, match="none of this notebook's"):
+        task_for("esc50", ("ks2", "ks1"))
+
+
+def test_audioset_manifests_with_other_names_are_read_when_named(tmp_path):
+    from asit.datasets.base import base_dataset
+    from asit.session import data_dir
+
+    builtin = data_dir() / "builtin" / "audioset"
+    for name in builtin.iterdir():  # the built-in copy, its manifests renamed as AST-style files in the wild
+        target = tmp_path / {"balanced_train.json": "as20k_train.json", "eval.json": "as_eval.json"}.get(name.name, name.name)
+        target.symlink_to(name)
+    task = get_task("audioset_20k", "smoke", manifests={"train": "as20k_train.json", "eval": "as_eval.json"})
+    parts = build_datasets(task, tmp_path)
+    assert base_dataset(parts["test"]).manifest == tmp_path / "as_eval.json" and len(parts["train"]) > 0
+    with pytest.raises(Exception, match="balanced_train.json"):  # the documented name, when none is given
+        build_datasets(get_task("audioset_20k", "smoke"), tmp_path)

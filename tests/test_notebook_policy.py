@@ -1,16 +1,19 @@
 """What every committed notebook promises: clean of outputs except the cells nbval checks, no
-widget state, the course's shape (title, Colab badge, one setup cell, a papermill parameters cell
-with the shared parameters, the preset resolved right after it) and no executed copies in git."""
+widget state, the project's kernel, the course's shape (title, Colab badge and setup cell written
+from the one repository URL, a papermill parameters cell with the shared parameters, the preset
+resolved right after it), code lines that fit a cell, and no executed copies in git."""
 
 from __future__ import annotations
 
 import ast
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import nbsetup
 from nbclean import problems
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +23,7 @@ COURSE = [
     "06_label_efficiency", "10_esc50", "11_audioset", "12_speech_commands", "13_voxceleb1", "20_results",
 ]
 SHARED_PARAMETERS = {"preset", "dataset", "data_root", "output_dir", "seed"}
+MAX_CODE_LINE = 100  # what a cell shows at 1400 px with JupyterLab's file browser open
 
 
 def _cells(path: Path) -> list[dict]:
@@ -36,7 +40,7 @@ def test_the_course_is_complete():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_clean_for_commit(path):
-    assert problems(json.loads(path.read_text())) == []
+    assert problems(json.loads(path.read_text()), path.name) == []
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -65,3 +69,47 @@ def test_notebook_has_the_course_shape(path):
 def test_no_executed_notebooks_are_committed():
     tracked = subprocess.run(["git", "ls-files", "results/executed"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert tracked.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_badge_and_setup_cell_come_from_the_repository_url(path):
+    nb = json.loads(path.read_text())
+    assert nbsetup.updated(json.loads(path.read_text()), path.name, nbsetup.repository_url()) == nb, (
+        "run: python tests/nbclean.py notebooks/*.ipynb"
+    )
+
+
+def test_a_fork_url_reaches_the_badge_and_the_clone():
+    nb = nbsetup.updated(json.loads(NOTEBOOKS[0].read_text()), NOTEBOOKS[0].name, "https://github.com/someone/asit-fork")
+    title, setup = _source(nb["cells"][0]), _source(next(c for c in nb["cells"] if c["cell_type"] == "code"))
+    assert f"colab.research.google.com/github/someone/asit-fork/blob/main/notebooks/{NOTEBOOKS[0].name}" in title
+    assert '"https://github.com/someone/asit-fork"' in setup and "asit-tutorial" not in setup + title
+    with pytest.raises(SystemExit, match="github.com"):
+        nbsetup.github_slug("https://gitlab.com/someone/asit")
+
+
+def test_the_setup_cell_names_the_kernel_when_asit_is_missing(monkeypatch):
+    setup = _source(next(c for c in _cells(NOTEBOOKS[0]) if c["cell_type"] == "code"))
+    monkeypatch.setitem(sys.modules, "asit", None)  # what a kernel without the package sees
+    monkeypatch.setitem(sys.modules, "asit.session", None)
+    with pytest.raises(RuntimeError, match=r"cannot import asit.*'Python \(asit\)'"):
+        exec(compile(setup, "setup cell", "exec"), {})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_code_lines_fit_the_cell(path):
+    too_long = [
+        (number, len(line)) for number, cell in enumerate(_cells(path), start=1) if cell["cell_type"] == "code"
+        for line in _source(cell).splitlines() if len(line) > MAX_CODE_LINE
+    ]
+    assert too_long == [], f"(cell, length) of code lines over {MAX_CODE_LINE} characters"
+
+
+def test_the_method_reference_is_in_the_repository_and_its_cited_sections_exist():
+    headings = {line.lstrip("# ").strip() for line in (ROOT / "notebooks" / "method.md").read_text().splitlines()
+                if line.startswith("#")}
+    for section in ("Optimisation (pretraining)", "Fine-tuning", "Reported results"):
+        assert section in headings
+    cited = subprocess.run(["git", "grep", "-l", "shared/reference", "--", "asit", "notebooks", "README.md"],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert cited.stdout.strip() == "", "cite notebooks/method.md, which the repository holds"

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +61,9 @@ def test_smoke_run_end_to_end(tmp_path):
     assert lines[-1]["momentum"] == pytest.approx(1.0)  # the cosine ends at 1
     assert json.loads((result.run_dir / "config.json").read_text())["preset"] == "smoke"
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["encoder_dir"] == str(result.encoder_dir)
+    # relative to the output folder, so a committed summary names no machine's folders
+    assert summary["encoder_dir"] == result.encoder_dir.relative_to(cfg.output_dir).as_posix()
+    assert (Path(cfg.output_dir) / summary["encoder_dir"]).resolve() == result.encoder_dir.resolve()
     encoder = load_encoder(result.encoder_dir)
     # the saved encoder is the teacher's
     state = load_checkpoint(result.run_dir / "checkpoint.pth", cfg)
