@@ -26,6 +26,7 @@ from pathlib import Path
 from asit.datasets.base import (
     AudioDataset,
     DatasetLayoutError,
+    MetadataError,
     NoUsableAudioError,
     SkipLog,
     collate_clips,
@@ -138,6 +139,7 @@ __all__ = [
     "DATASET_NAMES",
     "AudioDataset",
     "DatasetLayoutError",
+    "MetadataError",
     "NoUsableAudioError",
     "SkipLog",
     "builtin_root",
