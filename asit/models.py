@@ -39,11 +39,12 @@ from typing import Any, NamedTuple
 
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from timm.layers import resample_abs_pos_embed
 from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from asit.atomic import atomic_write
 from asit.audio import DEFAULT_SAMPLE_RATE, FRAME_LENGTH_MS, FRAME_SHIFT_MS, NUM_MEL_BINS, NormStats
 from asit.heads import ProjectionHead, ReconstructionHead
 
@@ -381,7 +382,8 @@ def save_encoder(
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     check_finite(state, f"the encoder to save in {directory}")
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_write(directory / "model.safetensors") as handle:  # a full disk: DiskFullError, old file kept
+        handle.write(save_safetensors(state, metadata={"format": "pt"}))
     config = {
         "architecture": _architecture(encoder),
         "img_size": list(encoder.patch_embed.img_size),
@@ -402,7 +404,8 @@ def save_encoder(
         "asit_version": __version__,
         **(extra or {}),
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_write(directory / "config.json", "w") as handle:
+        handle.write(json.dumps(config, indent=2) + "\n")
     return directory
 
 

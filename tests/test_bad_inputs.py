@@ -253,3 +253,17 @@ def test_a_non_utf8_name_is_read_and_printed_escaped(bad_folder):
     assert display_path(path).endswith("caf\\xe9.wav") and printable(display_path(path))
     err = AudioError(path, "is too short")
     assert printable(str(err)) and err.path == str(path)
+
+
+def test_bad_files_are_totalled_by_split_once_each(bad_esc50):
+    from asit.datasets.base import skipped_by_split
+
+    root, _ = bad_esc50
+    splits = {split: get_dataset("esc50", split, root, fold=1, replace_bad=False) for split in ("train", "val", "test")}
+    for data in splits.values():
+        for i in range(len(data)):
+            data[i]
+    totals = skipped_by_split({split: data.skipped for split, data in splits.items()})
+    assert totals["by_split"] == {"train": 0, "val": 0, "test": 3} and totals["total"] == 3
+    assert totals["kinds"]["test"] == {"empty": 1, "NaN/inf samples": 1, "absurd samples": 1}
+    assert json.loads(json.dumps(totals)) == totals

@@ -262,6 +262,22 @@ class SkipLog:
         return f"SkipLog({self.summary()})"
 
 
+def skipped_by_split(logs: dict[str, Iterable[tuple[str, str]]]) -> dict:
+    """Bad files totalled per split, for a result JSON: ``{"total": N, "by_split": {split: n},
+    "kinds": {split: {kind: n}}, "files": {split: [[path, problem], ...]}}``.
+
+    A file is counted once per split it belongs to; paths are printable (:func:`display_path`).
+    """
+    per_split = {split: SkipLog(records) for split, records in logs.items()}
+    distinct = {path for log in per_split.values() for path, _ in log}
+    return {
+        "total": len(distinct),
+        "by_split": {split: len(log) for split, log in per_split.items()},
+        "kinds": {split: dict(log.counts) for split, log in per_split.items()},
+        "files": {split: [[display_path(path), problem] for path, problem in log] for split, log in per_split.items()},
+    }
+
+
 def check_audio_header(
     path: str | Path, min_seconds: float = MIN_SECONDS, max_seconds: float | None = MAX_SECONDS
 ) -> float:
@@ -720,4 +736,5 @@ __all__ = [
     "collate_clips",
     "compute_dataset_stats",
     "problem_kind",
+    "skipped_by_split",
 ]
