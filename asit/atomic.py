@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 # Less free space than this after a failed write: the disk being full is the likely cause.
 NEARLY_FULL_BYTES = 1 << 20
@@ -62,20 +62,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Remove the temporaries of ``path`` left by writers that are no longer running; returns them.
+def remove_stale_temporaries(directory: str | Path, is_target: Callable[[str], bool]) -> list[Path]:
+    """Remove the temporaries in ``directory`` of files named as ``is_target`` accepts, left by
+    writers that are no longer running; returns them.
 
-    A temporary names its writer's process id; one without (an older layout) counts as stale.
+    A temporary ``.<target>.tmp-<pid>-<random>`` names its writer's process id; one without (an
+    older layout) counts as stale.
     """
-    path = Path(path)
-    removed = []
-    if not path.parent.is_dir():
+    directory, removed = Path(directory), []
+    if not directory.is_dir():
         return removed
-    prefix = f".{path.name}.tmp-"
-    for candidate in path.parent.iterdir():
-        if not candidate.name.startswith(prefix):
+    for candidate in directory.iterdir():
+        name = candidate.name
+        if not name.startswith(".") or ".tmp-" not in name or not is_target(name[1:name.rindex(".tmp-")]):
             continue
-        pid = candidate.name[len(prefix):].split("-", 1)[0]
+        pid = name[name.rindex(".tmp-") + len(".tmp-"):].split("-", 1)[0]
         if pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))):
             continue
         candidate.unlink(missing_ok=True)
@@ -99,7 +100,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """``with atomic_write(path) as handle: ...`` writes ``path`` all at once or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    remove_stale_temporaries(path.parent, lambda name: name == path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:

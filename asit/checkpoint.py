@@ -34,7 +34,7 @@ from typing import Any, Iterable
 import torch
 
 import asit
-from asit.atomic import atomic_write, fsync_dir
+from asit.atomic import atomic_write, fsync_dir, remove_stale_temporaries
 
 LATEST = "checkpoint.pth"
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
@@ -109,6 +109,8 @@ def save_checkpoint(
         the path of ``checkpoint.pth``.
     """
     run_dir = Path(run_dir)
+    # A writer killed mid-save left its temporary behind (of a numbered file too): gone now.
+    remove_stale_temporaries(run_dir, lambda name: name == LATEST or _NUMBERED.match(name) is not None)
     payload = dict(state)
     payload["config"] = _config_dict(config)
     payload["asit_version"] = asit.__version__

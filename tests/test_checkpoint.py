@@ -113,8 +113,10 @@ def test_a_truncated_checkpoint_falls_back_to_the_intact_numbered_one(tmp_path):
 def test_a_dead_writers_temporary_is_removed_by_the_next_save(tmp_path):
     dead = tmp_path / ".checkpoint.pth.tmp-dead"  # a killed writer's leftover (no process id)
     dead.write_bytes(b"half a file")
+    dead_numbered = tmp_path / ".checkpoint-0007.pth.tmp-999999999-xyz"  # no such process
+    dead_numbered.write_bytes(b"half a file")
     alive = tmp_path / f".checkpoint.pth.tmp-{os.getppid()}-abc"  # a running process's: left alone
     alive.write_bytes(b"being written")
     ckpt.save_checkpoint(state(1.0), tmp_path, config=Cfg(), epoch=1)
-    assert not dead.exists() and alive.exists()
+    assert not dead.exists() and not dead_numbered.exists() and alive.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "checkpoint.pth", "checkpoint-0001.pth"])
