@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from asit import audio
 from asit.audio import AudioError, check_fbank, display_path, load_audio
 from asit.datasets import MetadataError, collate_clips, compute_dataset_stats, get_dataset
+from asit.datasets.base import good_rows
 from asit.fbank_cache import CachedFbankDataset, FbankCache
 from layouts import (
     NON_UTF8_NAME,
@@ -64,6 +65,8 @@ def test_a_folder_set_names_and_counts_every_bad_file_and_scores_each_good_one_o
     loader = DataLoader(data, batch_size=4, collate_fn=collate_clips)
     valid, indices, found = [], [], []
     for batch in loader:
+        kept = good_rows(batch)
+        assert kept["valid"].all() and len(kept["wave"]) == len(kept["index"]) == int(batch["valid"].sum())
         valid += batch["valid"].tolist()
         indices += batch["index"].tolist()
         found += batch["skipped"]

@@ -708,6 +708,16 @@ def collate_clips(batch: list[dict]) -> dict:
     }
 
 
+def good_rows(batch: dict) -> dict:
+    """The batch without the placeholders of bad clips (``valid`` False, see ``replace_bad``):
+    every per-clip tensor keeps the valid rows only; ``skipped`` is kept whole."""
+    valid = batch.get("valid")
+    if valid is None or bool(valid.all()):
+        return batch
+    return {key: value[valid] if torch.is_tensor(value) and value.dim() > 0 and len(value) == len(valid) else value
+            for key, value in batch.items()}
+
+
 def stack_datasets(
     datasets: Sequence[AudioDataset], *, name: str, split: str, root: Path | None = None, **options
 ) -> AudioDataset:
@@ -735,6 +745,7 @@ __all__ = [
     "check_audio_header",
     "collate_clips",
     "compute_dataset_stats",
+    "good_rows",
     "problem_kind",
     "skipped_by_split",
 ]
