@@ -53,7 +53,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
+from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.flop_counter import FlopCounterMode
 
 from asit.audio import (
     DATASET_STATS,
@@ -65,7 +68,13 @@ from asit.audio import (
     prepare_wave,
     samples_for_frames,
 )
+from asit.config import get_preset
+from asit.datasets import collate_clips, get_dataset
+from asit.engine_pretrain import build_training, train_step
+from asit.features import FbankFrontend
 from asit.masking import MaskingConfig, group_mask, reference_group_mask_loop
+from asit.session import pick_device
+from asit.training import param_groups
 
 SECTIONS = ("loader", "masking", "features", "step", "end_to_end")
 
@@ -232,8 +241,6 @@ def torch_threads(n: int):
 
 def write_test_clips(folder: str | Path, count: int, seconds: float, sample_rate: int, seed: int = 0) -> list[Path]:
     """``count`` mono 16-bit WAV files of ``seconds`` at ``sample_rate``: tones, chirps and noise."""
-    import soundfile as sf
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -312,8 +319,6 @@ def released_worker_item(
 
 def _loader_pair(args, folder: Path, clips: Sequence[Path]) -> dict:
     """Per-clip worker CPU time of both paths over the files in ``folder``, measured alternately."""
-    from asit.datasets import get_dataset
-
     ours_ds = get_dataset(
         "folder",
         "all",
@@ -429,8 +434,6 @@ def bench_masking(args, device: torch.device) -> dict:
 
 def bench_features(args, device: torch.device) -> dict:
     """Batched fbank (FbankFrontend) against per-clip kaldi_fbank + pad/crop + normalise."""
-    from asit.features import FbankFrontend
-
     cpu = torch.device("cpu")
     B = args.mask_batch
     S = samples_for_frames(args.num_frames, args.sample_rate)
@@ -475,8 +478,6 @@ def bench_features(args, device: torch.device) -> dict:
 
 def step_config(args, size: str):
     """The paper's pretraining config at ``size``, with the benchmark's overrides."""
-    from asit.config import get_preset
-
     overrides = dict(
         model_size=size,
         batch_size=args.batch_size,
@@ -496,8 +497,6 @@ def step_config(args, size: str):
 
 
 def build_state(args, size: str, device: torch.device):
-    from asit.pretrain import build_training, param_groups
-
     cfg = step_config(args, size)
     state = build_training(cfg, device, STATS, steps_per_epoch=max(args.steps + args.warmup + 2, 10))
     if args.no_fused_attn:  # timm's Attention: explicit softmax(q k^T) v instead of fused SDPA
@@ -520,10 +519,6 @@ def _step_inputs(cfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
 
 def count_step_flops(state, waves: torch.Tensor, lengths: torch.Tensor, it: int) -> float:
     """FLOPs of one training step (forward, backward, teacher), counted on the uncompiled student."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from asit.pretrain import train_step
-
     compiled = state.model
     state.model = state.student  # FlopCounterMode sees eager ops only
     try:
@@ -535,8 +530,6 @@ def count_step_flops(state, waves: torch.Tensor, lengths: torch.Tensor, it: int)
 
 
 def _run_steps(state, waves, lengths, device, start: int, count: int) -> float:
-    from asit.pretrain import train_step
-
     synchronize(device)
     t0 = time.perf_counter()
     for it in range(start, start + count):
@@ -604,11 +597,6 @@ def bench_end_to_end(args, device: torch.device, folder: Path) -> dict:
 
     The step alone is timed just before and just after the end-to-end run, and averaged.
     """
-    from torch.utils.data import DataLoader, RandomSampler
-
-    from asit.datasets import collate_clips, get_dataset
-    from asit.pretrain import train_step
-
     size = args.e2e_size
     cfg, state = build_state(args, size, device)
     waves, lengths = _step_inputs(cfg, device)
@@ -877,8 +865,6 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
 
 def run(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmarks; print the summary; write and return the results."""
-    from asit.session import pick_device
-
     args = build_parser().parse_args(argv)
     if args.table:
         results = json.loads(Path(args.table).read_text())

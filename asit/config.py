@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asit.training import apply_settings
+
 if TYPE_CHECKING:  # pragma: no cover
     from asit.masking import MaskingConfig
 
@@ -222,8 +224,8 @@ def _cpu() -> PretrainConfig:
         model_size="tiny",
         depth=4,  # 4 of ViT-Ti's 12 blocks: 1.8 M encoder parameters
         num_frames=96,  # 0.96 s crops (a spoken word, an event's onset): 6 x 8 patches
-        global_dim=64,  # 64 prototypes a head, with 4 local crops: over 3 fine-tuning seeds ahead of random init
-        local_dim=64,  # on all four tasks' means; 512 / 256 without local crops only on two (README, "Results")
+        global_dim=64,  # 64 prototypes a head (small data, small heads; results/HISTORY.md has the comparisons)
+        local_dim=64,
         num_local_crops=4,  # DINO multi-crop: the student's class token also matches 4 short crops to the teacher
         head_hidden_dim=512,  # the paper's 2048-wide head would cost more than this encoder
         head_bottleneck_dim=128,
@@ -234,10 +236,7 @@ def _cpu() -> PretrainConfig:
         base_lr=5e-3,  # peak lr 3.1e-4 after the 16/256 scaling: few steps, small data
         warmup_epochs=1,
         warmup_teacher_temp_epochs=2,
-        momentum_teacher=0.99,  # k-NN vs random init (seed 0): 30.0 vs 30.0 on the current built-in pool
-        # (35.0 vs 30.0 with 512 / 256 prototypes and no local crops), 35.0 vs 35.0 on the previous one,
-        # 47.5 vs 35.0 on an earlier one (other synthetic voices); 0.95 over 4 epochs gave 32.5 vs 35.0
-        # (a teacher that follows the student too closely). 24 epochs instead of 8 gained nothing.
+        momentum_teacher=0.99,  # a faster teacher for few steps (the paper's 0.996 barely moves in 360)
         local_crop_frames=48,
         knn_every=8,  # once, at the end (plus the random-init baseline)
         knn_max_clips=0,  # ESC-50-like events, fold 1: 160 labelled clips, 40 queries
@@ -307,55 +306,10 @@ def ablation_preset(name: str, **overrides: Any) -> PretrainConfig:
     return get_preset(name, **{**ABLATION_BUDGET[name], **overrides})
 
 
-def _convert(text: str, current: Any, name: str) -> Any:
-    if isinstance(current, bool):
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected true/false, got {text!r}")
-    if isinstance(current, int):
-        return int(float(text)) if text.strip().lower() not in ("",) else current
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, (list, tuple)):
-        parts = [p for p in (s.strip() for s in text.split(",")) if p]
-        kind = type(current[0]) if len(current) else str
-        values = [_convert(p, kind(), name) if kind is not str else p for p in parts]
-        return type(current)(values)
-    if current is None:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    return text
-
-
 def override(cfg: PretrainConfig, *assignments: str) -> PretrainConfig:
-    """Return a copy of ``cfg`` with ``"key=value"`` assignments applied (the CLI's ``--set``).
-
-    Values are converted to the field's current type (``true``/``false`` for booleans, comma
-    separated lists); ``masking.<field>=value`` sets a field of the masking config.
-    """
-    cfg = dataclasses.replace(cfg)
-    for assignment in assignments:
-        if "=" not in assignment:
-            raise ValueError(f"expected key=value, got {assignment!r}")
-        key, text = assignment.split("=", 1)
-        key = key.strip()
-        outer, attr = key.split(".", 1) if "." in key else ("", key)
-        target = getattr(cfg, outer, None) if outer else cfg
-        if target is None or not dataclasses.is_dataclass(target) or not hasattr(target, attr):
-            fields = dataclasses.fields(target) if dataclasses.is_dataclass(target) else dataclasses.fields(cfg)
-            choices = ", ".join(f.name for f in fields)
-            raise ValueError(f"unknown setting {key!r}; known: {choices}")
-        value = _convert(text, getattr(target, attr), key)
-        if outer:  # the masking config may be frozen: rebuild it
-            cfg = dataclasses.replace(cfg, **{outer: dataclasses.replace(target, **{attr: value})})
-        else:
-            cfg = dataclasses.replace(cfg, **{attr: value})
-    return cfg
+    """A copy of ``cfg`` with ``"key=value"`` assignments applied (the CLI's ``--set``), by the one
+    ``--set`` grammar both configs share (:func:`asit.training.apply_settings`)."""
+    return apply_settings(cfg, assignments)
 
 
 __all__ = ["PretrainConfig", "PRESETS", "ABLATION_BUDGET", "MAY_CHANGE_ON_RESUME", "ablation_preset", "get_preset", "override"]

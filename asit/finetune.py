@@ -5,12 +5,12 @@
 
 One run, step by step:
 
-1. **Starting point** (:func:`resolve_checkpoint`): a pretrained encoder directory or safetensors
+1. **Starting point** (:func:`asit.classifier.resolve_checkpoint`): a pretrained encoder directory or safetensors
    file, ``"auto"`` (``<output_dir>/pretrain/<preset>/encoder`` of the task's preset, else the
    newest ``<output_dir>/pretrain/*/encoder``; a random init with a warning when there is none),
    ``"none"`` (random init) or ``"imagenet:<path>"`` (ImageNet ViT weights). A random or ImageNet
    init has the task config's ``model_size`` and ``depth``, which :func:`asit.tasks.get_task` copies
-   from the pretraining preset of the same name; :func:`same_architecture` gives the random-init
+   from the pretraining preset of the same name; :func:`asit.classifier.same_architecture` gives the random-init
    baseline the shape of whatever encoder a checkpoint holds.
    The encoder's positional embedding is interpolated to the task's input length
    (``asit.models.load_encoder``), so an encoder pretrained on 592-frame crops fine-tunes on 128
@@ -19,9 +19,11 @@ One run, step by step:
    (``asit.datasets``); nothing else runs there. With ``cache_fbanks`` (small data, many epochs),
    every clip's fbank is computed once into an on-disk cache (:mod:`asit.fbank_cache`, under
    ``<data_dir>/cache/finetune``) and the workers crop from it instead.
-3. **On the device**, per batch: background-noise mixing on the waveforms (keyword spotting),
-   the batched fbank (:class:`asit.features.FbankFrontend`), SpecAugment and mixup
-   (:mod:`asit.augment`), then the model, in bf16 autocast on CUDA.
+3. **On the device**, per batch (:func:`asit.engine_finetune.train_one_epoch`): background-noise
+   mixing on the waveforms (keyword spotting), the batched fbank (:class:`asit.features.FbankFrontend`),
+   SpecAugment and mixup (:mod:`asit.augment`), then the model under the shared mixed-precision
+   policy (:mod:`asit.training`: bf16 on GPUs that compute it natively, fp16 with loss scaling on
+   older ones such as a T4, full precision on CPU).
 4. **Optimisation**: AdamW (no weight decay on biases, norms, positional embedding and class
    token), a linear warm-up then a cosine decay to ``min_lr`` per step (``schedule="cosine"``,
    our default), or AST's step decay (``schedule="step"``: x ``lr_decay_rate`` every epoch from
@@ -46,15 +48,14 @@ Outputs (``output_dir``, see ``asit/README.md``):
   ``<dataset>-linear__<preset>.json``.
 - ``<output_dir>/<task>/<dataset>__<preset>/``: ``log.jsonl`` (one JSON line per epoch) and the
   fine-tuned classifier(s), ``classifier/`` (``classifier-fold<k>/`` for ESC-50): ``model.safetensors``
-  (encoder + head) and ``config.json`` (classes, task, front-end settings), which
-  :mod:`asit.predict` reads.
+  (encoder + head) and ``config.json`` (classes, task, front-end settings; :mod:`asit.classifier`),
+  which :mod:`asit.predict` reads.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -64,289 +65,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 
-from asit import __version__
-from asit.audio import DEFAULT_SAMPLE_RATE, NUM_MEL_BINS, NormStats
-from asit.augment import BackgroundNoise, SpecAugment, mixup
-from asit.fbank_cache import spectrograms, valid_frames
-from asit.features import FbankFrontend, clip_windows, padding_value
-from asit.metrics import classification_metrics
-from asit.schedules import cosine_schedule
-from asit.session import describe_environment, pick_device, seed_everything
-from asit.tasks import TaskConfig, get_task
-
-CLASSIFIER_FORMAT = "asit-classifier"
-CLASSIFIER_FORMAT_VERSION = 1
+from asit.augment import BackgroundNoise, SpecAugment
+from asit.classifier import AudioClassifier, build_encoder, save_classifier
+from asit.datasets import collate_clips, get_dataset
+from asit.datasets.base import AudioDataset, base_dataset, resolve_root
+from asit.datasets.esc50 import read_esc50_meta
+from asit.datasets.speech_commands import NOISE_FOLDER, SILENCE_PORTIONS
+from asit.engine_finetune import FinetuneState, evaluate, lr_schedule, train_one_epoch
+from asit.fbank_cache import CachedFbankDataset, FbankCache
+from asit.features import FbankFrontend
+from asit.results import write_run_result
+from asit.session import PRESETS, data_dir, describe_environment, pick_device, seed_everything
+from asit.tasks import TASKS, TaskConfig, get_task
+from asit.training import apply_settings, grad_scaler, param_groups, resolve_amp
 
 # Size of each task's official data, to warn when a real data set holds less.
 OFFICIAL_CLASSES = {"esc50": 50, "audioset_20k": 527, "audioset_2m": 527, "ks1": 12, "ks2": 35, "voxceleb1": 1251}
 OFFICIAL_FOLDS = (1, 2, 3, 4, 5)
-
-# Width of a ViT per size name (the models module's sizes).
-_SIZE_BY_WIDTH = {192: "tiny", 384: "small", 768: "base"}
-# Steps between reads of the running loss: the only host-device synchronisation inside an epoch.
-LOG_EVERY = 20
-
-
-# --------------------------------------------------------------------------------------------
-# Starting point
-
-
-def find_pretrained_encoder(output_dir: str | Path, preset: str | None = None) -> Path | None:
-    """The pretraining output ``"auto"`` means, or None.
-
-    ``<output_dir>/pretrain/<preset>/encoder`` when ``preset`` is given and that run exists (so a
-    smoke test run never stands in for the cpu preset's encoder); else the newest
-    ``<output_dir>/pretrain/*/encoder`` (by its weights' mtime).
-    """
-    if preset:
-        own = Path(output_dir) / "pretrain" / preset / "encoder"
-        if (own / "model.safetensors").is_file():
-            return own
-    candidates = [
-        d for d in Path(output_dir).glob("pretrain/*/encoder") if (d / "model.safetensors").is_file()
-    ]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda d: (d / "model.safetensors").stat().st_mtime)
-
-
-def resolve_checkpoint(
-    checkpoint: str | Path | None, output_dir: str | Path = "results", preset: str | None = None, *, quiet: bool = False
-) -> tuple[str, Path | None]:
-    """Turn the ``checkpoint`` argument into ``(kind, path)``.
-
-    ``kind`` is ``"pretrained"`` (path: encoder dir or safetensors file), ``"imagenet"`` (path: an
-    ImageNet ViT checkpoint) or ``"random"`` (path None). ``"auto"`` looks for
-    :func:`find_pretrained_encoder` ``(output_dir, preset)`` and falls back to ``"random"`` with one
-    warning (none with ``quiet``) when ``output_dir`` holds no pretraining output.
-    """
-    text = "none" if checkpoint is None else str(checkpoint)
-    if text.lower() in ("none", "random", ""):
-        return "random", None
-    if text == "auto":
-        found = find_pretrained_encoder(output_dir, preset)
-        if found is None:
-            if not quiet:
-                warnings.warn(
-                    f"checkpoint='auto' found no pretrained encoder under {Path(output_dir) / 'pretrain'}/*/encoder: "
-                    "fine-tuning from a RANDOM initialisation (run the pretraining notebook or `python -m asit.pretrain` first)",
-                    stacklevel=2,
-                )
-            return "random", None
-        return "pretrained", found
-    if text.startswith("imagenet:"):
-        path = Path(text.split(":", 1)[1]).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"ImageNet ViT weights not found: {path}")
-        return "imagenet", path
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; give an encoder folder (with model.safetensors + config.json), "
-            "a .safetensors file, 'auto', 'none' or 'imagenet:<path>'"
-        )
-    return "pretrained", path
-
-
-# --------------------------------------------------------------------------------------------
-# Model
-
-
-def model_size_of(encoder: nn.Module) -> str:
-    """``tiny`` / ``small`` / ``base`` from the encoder's width."""
-    width = int(encoder.embed_dim)
-    if width not in _SIZE_BY_WIDTH:
-        raise ValueError(f"no ViT size has width {width}; known: {_SIZE_BY_WIDTH}")
-    return _SIZE_BY_WIDTH[width]
-
-
-class AudioClassifier(nn.Module):
-    """Encoder + linear head on spectrograms ``(B, 1, T, F)`` -> logits ``(B, C)``.
-
-    The head sees the class token (``pool="token"``) or the mean of the patch tokens
-    (``pool="mean"``), both taken after the encoder's final LayerNorm. ``freeze_encoder=True``
-    makes a linear probe: the encoder stays in eval mode, gets no gradient and is never updated.
-    """
-
-    def __init__(self, encoder: nn.Module, num_classes: int, pool: str = "token", freeze_encoder: bool = False):
-        super().__init__()
-        if pool not in ("token", "mean"):
-            raise ValueError(f"pool must be 'token' or 'mean', got {pool!r}")
-        self.encoder = encoder
-        self.pool = pool
-        self.freeze_encoder = freeze_encoder
-        self.head = nn.Linear(encoder.embed_dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02 if not freeze_encoder else 0.01)
-        nn.init.zeros_(self.head.bias)
-        if freeze_encoder:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
-
-    def train(self, mode: bool = True) -> "AudioClassifier":
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()  # a frozen encoder never switches dropout / drop path on
-        return self
-
-    def features(self, spec: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, T, F)`` -> pooled features ``(B, D)``."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            tokens = self.encoder.forward_features(spec)  # (B, prefix + N, D), final norm applied
-        prefix = getattr(self.encoder, "num_prefix_tokens", 1)
-        if self.pool == "token":
-            return tokens[:, 0]  # (B, D) class token
-        return tokens[:, prefix:].mean(dim=1)  # (B, D) mean of patch tokens
-
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(spec))  # (B, C)
-
-
-def _depth_kwargs(depth: int) -> dict[str, int]:
-    """``create_encoder`` keyword for a depth (0: the size's standard 12, nothing to pass)."""
-    return {"depth": int(depth)} if depth else {}
-
-
-def encoder_architecture(checkpoint: str | Path | None, output_dir: str | Path, task: TaskConfig) -> dict[str, Any]:
-    """``{"model_size", "depth"}`` of the encoder ``checkpoint`` gives ``task``, without loading weights.
-
-    A pretrained encoder's ``config.json`` decides; a random or ImageNet init uses the task's
-    ``model_size`` and ``depth`` (0 read as the standard 12).
-    """
-    kind, path = resolve_checkpoint(checkpoint, output_dir, task.preset, quiet=True)
-    if kind == "pretrained":
-        config_file = (path if path.is_dir() else path.parent) / "config.json"
-        config = json.loads(config_file.read_text())
-        size = _SIZE_BY_WIDTH.get(int(config["embed_dim"])) if "embed_dim" in config else None
-        if size is None:
-            size = str(config.get("architecture", "")).removeprefix("asit_vit_").removesuffix("_patch16")
-        return {"model_size": size, "depth": int(config.get("depth", 12))}
-    from asit.models import SIZES
-
-    return {"model_size": task.model_size, "depth": int(task.depth or SIZES[task.model_size][1])}
-
-
-def same_architecture(task: TaskConfig, checkpoint: str | Path | None, output_dir: str | Path) -> TaskConfig:
-    """``task`` with the ``model_size`` and ``depth`` of the encoder ``checkpoint`` holds.
-
-    The random-init baseline of a "same budget" comparison must have the pretrained encoder's
-    shape; ``get_task`` already gives each preset its pretraining preset's shape, this also covers
-    a checkpoint from elsewhere (another preset, a released model).
-    """
-    arch = encoder_architecture(checkpoint, output_dir, task)
-    if arch != encoder_architecture("none", output_dir, task):
-        print(f"note: the random-init baseline takes the checkpoint's shape: ViT-{arch['model_size']}, {arch['depth']} blocks")
-    return dataclasses.replace(task, **arch)
-
-
-def build_encoder(task: TaskConfig, checkpoint: str | Path | None, output_dir: str | Path, mode: str = "finetune"):
-    """The encoder for ``task`` at the task's input length, and a description of where it came from.
-
-    A pretrained encoder brings its own size and depth; a random or ImageNet init is built with
-    the task's ``model_size`` and ``depth`` (the pretraining preset's, see :func:`asit.tasks.get_task`).
-
-    Returns:
-        ``(encoder, info)`` with ``info = {"kind", "path", "model_size", "depth"}``.
-    """
-    from asit import models
-
-    kind, path = resolve_checkpoint(checkpoint, output_dir, task.preset)
-    drop_path = 0.0 if mode == "linear" else task.drop_path
-    if kind == "pretrained":
-        encoder = models.load_encoder(path, num_frames=task.num_frames, num_classes=0, drop_path_rate=drop_path)
-    else:
-        encoder = models.create_encoder(
-            task.model_size, task.num_frames, num_classes=0, drop_path_rate=drop_path, **_depth_kwargs(task.depth)
-        )
-        if kind == "imagenet":
-            missing, unexpected = models.init_from_imagenet_vit(encoder, _read_state_dict(path))
-            if missing:
-                warnings.warn(f"ImageNet weights {path} left {len(missing)} encoder tensors at random init: {missing[:4]}", stacklevel=2)
-            extra_blocks = sorted({k.split(".")[1] for k in unexpected if k.startswith("blocks.")}, key=int)
-            if extra_blocks:
-                print(f"note: the encoder has {len(encoder.blocks)} blocks: ImageNet blocks {extra_blocks[0]}-{extra_blocks[-1]} are not used")
-    info = {"kind": kind, "path": str(path) if path else None, "model_size": model_size_of(encoder), "depth": len(encoder.blocks)}
-    return encoder, info
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Weights from a ``.safetensors`` file or a torch checkpoint (``.pth``, tensors only)."""
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Classifier checkpoint (read by asit.predict)
-
-
-def save_classifier(
-    model: AudioClassifier,
-    directory: str | Path,
-    *,
-    classes: list[str],
-    task: TaskConfig,
-    stats: NormStats,
-    multilabel: bool,
-    sample_rate: int = DEFAULT_SAMPLE_RATE,
-    extra: dict | None = None,
-) -> Path:
-    """Write a fine-tuned classifier: ``model.safetensors`` (encoder + head) and ``config.json``.
-
-    ``config.json`` holds everything needed to rebuild and run it without the training code's
-    state: the format tag, the encoder size and input length, the pooling, the class names, and
-    the front-end settings (sample rate, frames, mel bins, normalisation statistics).
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    config = {
-        "format": CLASSIFIER_FORMAT,
-        "format_version": CLASSIFIER_FORMAT_VERSION,
-        "task": task.name,
-        "model_size": model_size_of(model.encoder),
-        "depth": len(model.encoder.blocks),
-        "num_frames": task.num_frames,
-        "num_mel_bins": NUM_MEL_BINS,
-        "sample_rate": sample_rate,
-        "stats": {"mean": stats.mean, "std": stats.std},
-        "pool": model.pool,
-        "multilabel": multilabel,
-        "classes": list(classes),
-        "task_config": task.to_dict(),
-        "asit_version": __version__,
-        **(extra or {}),
-    }
-    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    return directory
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[AudioClassifier, dict]:
-    """Read a classifier written by :func:`save_classifier` (its folder or its safetensors file)."""
-    from asit import models
-
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} is missing: {path} is not a classifier written by asit.finetune")
-    config = json.loads(config_file.read_text())
-    if config.get("format") != CLASSIFIER_FORMAT:
-        raise ValueError(
-            f"{directory} holds a {config.get('format', 'different')!r} checkpoint, not a fine-tuned classifier "
-            f"({CLASSIFIER_FORMAT!r}); a pretrained encoder must be fine-tuned first (asit.finetune)"
-        )
-    encoder = models.create_encoder(
-        config["model_size"], config["num_frames"], config["num_mel_bins"], num_classes=0, drop_path_rate=0.0,
-        **_depth_kwargs(config.get("depth", 0)),  # classifiers written before depth was recorded have 12 blocks
-    )
-    model = AudioClassifier(encoder, len(config["classes"]), pool=config["pool"])
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
-    return model.to(device).eval(), config
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,9 +97,6 @@ def _dataset_kwargs(task: TaskConfig, seed: int) -> dict[str, Any]:
 
 def esc50_folds_present(data_root: str | Path | None) -> list[int]:
     """The folds listed in ESC-50's ``meta/esc50.csv`` under ``data_root`` (None: built-in copy)."""
-    from asit.datasets.base import resolve_root
-    from asit.datasets.esc50 import read_esc50_meta
-
     return sorted({row["fold"] for row in read_esc50_meta(resolve_root("esc50", data_root))})
 
 
@@ -396,13 +131,6 @@ def _cap(dataset, limit: int | None, seed: int):
     return Subset(dataset, picks.tolist())
 
 
-def base_dataset(dataset):
-    """The :class:`~asit.datasets.AudioDataset` under any ``Subset`` wrapping."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset
-
-
 def subset_paths(dataset) -> list[str]:
     """File paths of the clips a (possibly ``Subset``-wrapped) data set serves."""
     indices = None
@@ -423,8 +151,6 @@ def build_datasets(
     are random; validation and test clips are whole (``task.eval_windows``, scored in windows by
     :func:`evaluate`) or one crop from the clip's start.
     """
-    from asit.datasets import get_dataset
-
     extra = {"fold": fold} if fold is not None else {}
     kwargs = _dataset_kwargs(task, seed)
     eval_kwargs = {**kwargs, "num_frames": None} if task.eval_windows else kwargs  # whole clips
@@ -449,8 +175,6 @@ def build_datasets(
 
 def build_loaders(datasets: dict[str, Any], task: TaskConfig, seed: int = 0, device: torch.device | None = None) -> dict[str, DataLoader]:
     """DataLoaders for :func:`build_datasets`' output: shuffled (or weighted) training, ordered evaluation."""
-    from asit.datasets import collate_clips
-
     common = dict(
         collate_fn=collate_clips,
         num_workers=task.num_workers,
@@ -502,12 +226,6 @@ def cache_datasets(datasets: dict[str, Any], progress: bool = False) -> tuple[di
         ``(datasets, skipped)``: the cached splits, and the ``(path, problem)`` of clips that failed
         to decode while the cache was built (served by a neighbour, as without the cache).
     """
-    import hashlib
-
-    from asit.datasets.base import AudioDataset
-    from asit.fbank_cache import CachedFbankDataset, FbankCache
-    from asit.session import data_dir
-
     bases: list = []
     for data in datasets.values():
         base = base_dataset(data)
@@ -539,8 +257,6 @@ def background_noise_for(task: TaskConfig, dataset) -> BackgroundNoise | None:
     """Speech Commands' ``_background_noise_`` recordings as a :class:`BackgroundNoise`, or None."""
     if task.background_noise <= 0:
         return None
-    from asit.datasets.speech_commands import NOISE_FOLDER, SILENCE_PORTIONS
-
     root = base_dataset(dataset).root
     folder = Path(root) / NOISE_FOLDER if root is not None else None
     if folder is None or not folder.is_dir():
@@ -576,145 +292,7 @@ def check_coverage(task: TaskConfig, datasets: dict[str, Any], folds_run: list[i
 
 
 # --------------------------------------------------------------------------------------------
-# Training and evaluation
-
-
-def _parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
-    """AdamW parameter groups: no weight decay on biases, norms, positional embedding and class token.
-
-    With ``layer_decay < 1`` (layer-wise lr decay, as BEiT, MAE and Audio-MAE fine-tune), encoder
-    layer ``l`` of ``L`` (patch embedding = 0, blocks 1..L, the final norm with the last block)
-    trains at ``layer_decay ** (L - l)`` of the lr, and the head at the full lr: the early layers a
-    pretrained encoder learnt move least. Each group's ``lr_scale`` multiplies the scheduled lr.
-    """
-    scales: dict[str, float] = {}
-    encoder = getattr(model, "encoder", None)
-    if layer_decay < 1.0 and encoder is not None and hasattr(encoder, "group_matcher"):
-        from timm.models import group_parameters
-
-        layers = group_parameters(encoder, encoder.group_matcher(coarse=False), reverse=True)
-        top = max(layers.values())
-        scales = {f"encoder.{name}": layer_decay ** (top - layer) for name, layer in layers.items()}
-    groups: dict[tuple[bool, float], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name
-        scale = scales.get(name, 1.0)
-        group = groups.setdefault(
-            (no_decay, scale), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
-        )
-        group["params"].append(param)
-    return list(groups.values())
-
-
-def lr_schedule(task: TaskConfig, steps_per_epoch: int, peak_lr: float) -> np.ndarray:
-    """Per-step learning rates: warm-up then cosine (default) or AST-style step decay."""
-    if task.schedule == "cosine":
-        return cosine_schedule(peak_lr, min(task.min_lr, peak_lr), task.epochs, steps_per_epoch, task.warmup_epochs)
-    if task.schedule == "step":
-        steps = np.arange(task.epochs * steps_per_epoch)
-        epoch = steps // steps_per_epoch
-        lrs = peak_lr * task.lr_decay_rate ** np.maximum(0, epoch - task.lr_decay_start + 1)
-        warmup = int(round(task.warmup_epochs * steps_per_epoch))
-        if warmup > 0:
-            lrs[:warmup] *= (steps[:warmup] + 1) / warmup
-        return lrs.astype(np.float64)
-    raise ValueError(f"schedule must be 'cosine' or 'step', got {task.schedule!r}")
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def _soft_targets(target: torch.Tensor, num_classes: int, multilabel: bool) -> torch.Tensor:
-    if multilabel:
-        return target.float()
-    return nn.functional.one_hot(target.long(), num_classes).float()
-
-
-def _skip_count(batch: dict) -> list:
-    return list(batch.get("skipped", []))
-
-
-@torch.no_grad()
-def evaluate(
-    model: AudioClassifier,
-    loader: DataLoader,
-    frontend: FbankFrontend,
-    device: torch.device | str = "cpu",
-    multilabel: bool = False,
-    progress: bool = False,
-    description: str = "eval",
-    window_frames: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Scores of every clip of ``loader``.
-
-    ``window_frames=None`` scores each item as it comes (a crop of the model's input length).
-    With ``window_frames``, the loader serves whole clips: each is cut into windows of that many
-    frames (:func:`asit.features.clip_windows`: 50 % overlap, the last ending at the clip's end)
-    and its scores are the mean of its windows' scores, as :mod:`asit.predict` scores a file.
-
-    Returns:
-        ``{"scores": (N, C) probabilities (softmax, or sigmoid if multilabel), "targets": (N,) class
-        indices or (N, C) multi-hot, "indices": (N,) clip indices in the data set, "metrics": dict}``.
-        ``scores.argmax(1)`` and ``targets`` feed :func:`asit.metrics.confusion_matrix`.
-    """
-    from tqdm.auto import tqdm
-
-    device = torch.device(device)
-    model.eval()
-    frontend = frontend.to(device)
-    if window_frames is not None:  # the same front end, keeping every frame of the clips
-        frontend = FbankFrontend(None, frontend.stats, frontend.sample_rate, frontend.num_mel_bins).to(device)
-    scores, targets, indices = [], [], []
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        spec = spectrograms(batch, frontend)  # (B, 1, T, F), from waveforms or cached fbanks
-        if window_frames is None:
-            probs = _probabilities(model, spec, device, multilabel)
-        else:
-            frames = valid_frames(batch, frontend.sample_rate).to(device)
-            windows, owner = clip_windows(spec, frames, window_frames, padding_value(frontend.stats))
-            window_probs = torch.cat(
-                [_probabilities(model, chunk, device, multilabel) for chunk in windows.split(max(len(frames), 1))]
-            )  # (W, C), in chunks of the loader's batch size
-            total = torch.zeros(len(frames), window_probs.shape[1], device=device).index_add_(0, owner, window_probs)
-            probs = total / torch.bincount(owner, minlength=len(frames)).clamp_min(1)[:, None]
-        scores.append(probs.cpu())
-        targets.append(batch["target"])
-        indices.append(batch["index"])
-    scores_np = torch.cat(scores).numpy()
-    targets_np = torch.cat(targets).numpy()
-    try:
-        metrics = classification_metrics(scores_np, targets_np, multilabel)
-    except ValueError as err:  # e.g. a tiny multi-label split where no class has a negative clip
-        warnings.warn(f"{description}: metrics undefined on {len(scores_np)} clips ({err})", stacklevel=2)
-        metrics = {"mAP": math.nan, "mean_auc": math.nan, "d_prime": math.nan} if multilabel else {"accuracy": math.nan}
-    return {
-        "scores": scores_np,
-        "targets": targets_np,
-        "indices": torch.cat(indices).numpy(),
-        "metrics": metrics,
-    }
-
-
-def _probabilities(model: nn.Module, spec: torch.Tensor, device: torch.device, multilabel: bool) -> torch.Tensor:
-    """``(B, C)`` float32 class probabilities: sigmoid (multi-label) or softmax."""
-    with _autocast(device):
-        logits = model(spec)
-    return torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), dim=-1)
-
-
-def _finite_mean_loss(running: torch.Tensor, seen: int, epoch: int, step: int) -> float:
-    """The epoch's mean training loss so far; stops the run on a NaN or infinite loss (``step``: steps done)."""
-    total = running.item()
-    if not math.isfinite(total):
-        raise FloatingPointError(
-            f"non-finite training loss in epoch {epoch + 1}, by step {step}: lower the lr or enable grad_clip"
-        )
-    return total / max(seen, 1)
+# One run: train, keep the best epoch on validation, test once
 
 
 def train_one_run(
@@ -736,39 +314,22 @@ def train_one_run(
     ``None``: ``task.cache_fbanks is True``.
 
     Returns a dict with ``model`` (best weights loaded, on the device), ``test`` (the
-    :func:`evaluate` output on the test split), ``val_metrics``, ``best_epoch``, ``history``,
-    ``encoder_info``, ``frontend``, ``classes``, ``skipped``.
+    :func:`asit.engine_finetune.evaluate` output on the test split), ``val_metrics``, ``best_epoch``,
+    ``history``, ``encoder_info``, ``frontend``, ``classes``, ``skipped``.
     """
-    from tqdm.auto import tqdm
-
     if mode not in ("finetune", "linear"):
         raise ValueError(f"mode must be 'finetune' or 'linear', got {mode!r}")
     device = device or pick_device()
     seed_everything(seed)
     data = base_dataset(datasets["train"])
-    multilabel = bool(data.multilabel)
-    if multilabel != task.multilabel:
-        raise ValueError(f"task {task.name} expects multilabel={task.multilabel}, the data set says {multilabel}")
-    num_classes, classes = data.num_classes, list(data.classes)
-    stats = data.stats
-
+    if bool(data.multilabel) != task.multilabel:
+        raise ValueError(f"task {task.name} expects multilabel={task.multilabel}, the data set says {bool(data.multilabel)}")
     encoder, encoder_info = build_encoder(task, checkpoint, output_dir, mode)
-    pretrained_rate = (getattr(encoder, "asit_config", None) or {}).get("fbank", {}).get("sample_rate")
-    if pretrained_rate and pretrained_rate != data.sample_rate:
-        warnings.warn(
-            f"the encoder was pretrained on {pretrained_rate} Hz audio, the data set is read at {data.sample_rate} Hz: "
-            "the mel bins mean different frequencies (pass sample_rate in the task's dataset_options)", stacklevel=2
-        )
-    model = AudioClassifier(encoder, num_classes, pool=task.pool, freeze_encoder=(mode == "linear")).to(device)
-    frontend = FbankFrontend(task.num_frames, stats, data.sample_rate).to(device)
-    windows = task.num_frames if task.eval_windows else None  # evaluation: whole clips, in windows
-    spec_augment = SpecAugment(task.freq_mask, task.time_mask).to(device)
+    _check_sample_rate(encoder, data.sample_rate)
+    model = AudioClassifier(encoder, data.num_classes, pool=task.pool, freeze_encoder=(mode == "linear")).to(device)
     noise = background_noise_for(task, datasets["train"])
-    noise = noise.to(device) if noise is not None else None
     skipped: list = []
-    if cache_fbanks is None:
-        cache_fbanks = task.cache_fbanks is True
-    if cache_fbanks:
+    if task.cache_fbanks is True if cache_fbanks is None else cache_fbanks:
         if noise is not None:
             raise ValueError(
                 f"task {task.name}: cache_fbanks=True cannot mix background noise into waveforms (background_noise="
@@ -776,71 +337,26 @@ def train_one_run(
             )
         datasets, skipped = cache_datasets(datasets, progress=progress)
     loaders = build_loaders(datasets, task, seed, device)
+    state = _training_state(task, model, data, noise, len(loaders["train"]), mode, device, seed)
+    windows = task.num_frames if task.eval_windows else None  # evaluation: whole clips, in windows
 
-    steps_per_epoch = len(loaders["train"])
-    if task.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, task.max_steps_per_epoch)
-    peak_lr = task.linear_lr if mode == "linear" else task.lr
-    lrs = lr_schedule(task, steps_per_epoch, peak_lr)
-    trainable = model.head if mode == "linear" else model
-    layer_decay = task.layer_decay if mode == "finetune" else 1.0
-    optimizer = torch.optim.AdamW(_parameter_groups(trainable, task.weight_decay, layer_decay), lr=peak_lr, betas=(0.9, 0.999))
-    criterion = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss(label_smoothing=task.label_smoothing)
-    generator = torch.Generator().manual_seed(seed)
+    def evaluate_split(split: str, description: str) -> dict[str, Any]:
+        return evaluate(state.model, loaders[split], state.frontend, device, state.multilabel,
+                        description=description, window_frames=windows, amp_dtype=state.amp_dtype)
 
     best = {"value": -math.inf, "epoch": -1, "state": None, "metrics": None}
     history = []
-    step = 0
     for epoch in range(task.epochs):
-        model.train()
-        spec_augment.train()
-        if noise is not None:
-            noise.train()
-        running = torch.zeros((), device=device)  # sum of loss x clips, kept on the device
-        seen = 0
         started = time.time()
-        bar = tqdm(total=steps_per_epoch, desc=f"{label}epoch {epoch + 1}/{task.epochs}", disable=not progress, leave=False)
-        for batch_index, batch in enumerate(loaders["train"]):
-            if batch_index >= steps_per_epoch:
-                break
-            skipped += _skip_count(batch)
-            for group in optimizer.param_groups:
-                group["lr"] = float(lrs[step]) * group["lr_scale"]
-            if noise is not None:
-                waves = batch["wave"].to(device, non_blocking=True)  # (B, S)
-                lengths = batch["length"].to(device)
-                spec = frontend(noise(waves, lengths, generator=generator), lengths)
-            else:
-                spec = spectrograms(batch, frontend)  # (B, 1, T, F), from waveforms or cached fbanks
-            spec = spec_augment(spec)
-            targets = _soft_targets(batch["target"].to(device), num_classes, multilabel)  # (B, C)
-            if task.mixup > 0:
-                spec, targets = mixup(spec, targets, task.mixup, task.mixup_alpha, generator=generator)
-            with _autocast(device):
-                logits = model(spec)
-            loss = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if task.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
-            optimizer.step()
-            running += loss.detach() * len(targets)
-            seen += len(targets)
-            step += 1
-            if (batch_index + 1) % LOG_EVERY == 0:
-                mean_loss = _finite_mean_loss(running, seen, epoch, step)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lrs[step - 1]:.2e}")
-            bar.update()
-        bar.close()
-        train_loss = _finite_mean_loss(running, seen, epoch, step)
-        val = evaluate(model, loaders["val"], frontend, device, multilabel, description="validation", window_frames=windows)
+        train_loss = train_one_epoch(state, loaders["train"], epoch, skipped, label, progress)
+        val = evaluate_split("val", "validation")
         value = val["metrics"][task.metric]
         value = -math.inf if math.isnan(value) else value
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             **{f"val_{k}": v for k, v in val["metrics"].items()},
-            "lr": float(lrs[step - 1]) if step else peak_lr,
+            "lr": float(state.lrs[state.step - 1]) if state.step else float(state.optimizer.defaults["lr"]),
             "seconds": round(time.time() - started, 2),
         }
         history.append(record)
@@ -851,23 +367,61 @@ def train_one_run(
             print(f"{label}epoch {epoch + 1}: loss {record['train_loss']:.4f}, val {task.metric} {value:.2f}")
         if best["state"] is None or value > best["value"]:  # NaN (undefined) never beats a number
             best = {"value": value, "epoch": epoch + 1, "metrics": val["metrics"],
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    "state": {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}}
 
-    model.load_state_dict(best["state"])
-    test = evaluate(model, loaders["test"], frontend, device, multilabel, description="test", window_frames=windows)
+    state.model.load_state_dict(best["state"])
     return {
-        "model": model,
-        "test": test,
+        "model": state.model,
+        "test": evaluate_split("test", "test"),
         "val_metrics": best["metrics"],
         "best_epoch": best["epoch"],
         "history": history,
         "encoder_info": encoder_info,
-        "frontend": frontend,
-        "classes": classes,
-        "stats": stats,
-        "multilabel": multilabel,
+        "frontend": state.frontend,
+        "classes": list(data.classes),
+        "stats": data.stats,
+        "multilabel": state.multilabel,
         "skipped": skipped,
     }
+
+
+def _check_sample_rate(encoder: nn.Module, sample_rate: int) -> None:
+    pretrained_rate = (getattr(encoder, "asit_config", None) or {}).get("fbank", {}).get("sample_rate")
+    if pretrained_rate and pretrained_rate != sample_rate:
+        warnings.warn(
+            f"the encoder was pretrained on {pretrained_rate} Hz audio, the data set is read at {sample_rate} Hz: "
+            "the mel bins mean different frequencies (pass sample_rate in the task's dataset_options)", stacklevel=3
+        )
+
+
+def _training_state(
+    task: TaskConfig, model: AudioClassifier, data, noise, batches: int, mode: str, device: torch.device, seed: int
+) -> FinetuneState:
+    """Criterion, optimiser, schedule and augmentations of one run of ``model``."""
+    multilabel = bool(data.multilabel)
+    steps_per_epoch = batches if task.max_steps_per_epoch is None else min(batches, task.max_steps_per_epoch)
+    peak_lr = task.linear_lr if mode == "linear" else task.lr
+    trainable = model.head if mode == "linear" else model
+    layer_decay = task.layer_decay if mode == "finetune" else 1.0
+    groups = param_groups(trainable, task.weight_decay, layer_decay, decay_embeddings=False)
+    amp_dtype = resolve_amp("auto", device)
+    return FinetuneState(
+        task=task,
+        model=model,
+        criterion=nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss(label_smoothing=task.label_smoothing),
+        optimizer=torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999)),
+        scaler=grad_scaler(device, amp_dtype),
+        amp_dtype=amp_dtype,
+        frontend=FbankFrontend(task.num_frames, data.stats, data.sample_rate).to(device),
+        spec_augment=SpecAugment(task.freq_mask, task.time_mask).to(device),
+        noise=noise.to(device) if noise is not None else None,
+        generator=torch.Generator().manual_seed(seed),
+        lrs=lr_schedule(task, steps_per_epoch, peak_lr),
+        steps_per_epoch=steps_per_epoch,
+        num_classes=data.num_classes,
+        multilabel=multilabel,
+        device=device,
+    )
 
 
 def finetune(
@@ -890,18 +444,14 @@ def finetune(
     Args:
         task_cfg: a :class:`~asit.tasks.TaskConfig` (``get_task(name, preset)``) or a task name
             (its ``paper`` preset).
-        dataset: label of the data in the result file: ``"builtin"`` (the built-in copy, needs no
-            ``data_root``) or any name for real data (e.g. ``"official"``), which needs ``data_root``.
-        data_root: the unpacked data set in its publisher's layout (None: the built-in copy).
+        dataset: the data's label in the result file: ``"builtin"`` (no ``data_root``) or a name
+            for real data (e.g. ``"official"``) in ``data_root``, its publisher's layout.
         checkpoint: encoder dir / safetensors, ``"auto"``, ``"none"`` or ``"imagenet:<path>"``
-            (see :func:`resolve_checkpoint`).
+            (:func:`asit.classifier.resolve_checkpoint`); ``output_dir`` is where ``"auto"`` looks.
         mode: ``"finetune"`` (every weight trains) or ``"linear"`` (frozen encoder, linear head).
-        output_dir: where results go and where ``"auto"`` looks for pretraining output.
-        device: ``None``/``"auto"``: CUDA, else MPS, else CPU.
-        progress: tqdm progress bars and one line per epoch.
+        device: ``None``/``"auto"``: CUDA, else MPS, else CPU. ``progress``: bars, a line per epoch.
         seed: seeds Python, NumPy, torch, the data order, crops and augmentations.
-        write_result: write the result JSON, the epoch log and the classifier (off for a
-            throw-away comparison run).
+        write_result: write the result JSON, the epoch log and the classifier.
         baseline_metrics: the random-init run's metrics under the same budget, stored beside ours.
         baseline_encoder: that run's ``encoder`` description (kind, size, depth), stored too; a
             warning says so when its shape differs from ours (the comparison is then not fair).
@@ -914,14 +464,9 @@ def finetune(
     """
     started = time.time()
     task = get_task(task_cfg) if isinstance(task_cfg, str) else task_cfg
-    if dataset != "builtin" and data_root is None:
-        raise ValueError(f"dataset={dataset!r} needs data_root (the unpacked data set); use dataset='builtin' for the built-in copy")
-    if dataset == "builtin" and data_root not in (None, ""):
-        print(f"note: data_root={str(data_root)!r} is not the built-in copy: results are labelled dataset='custom'")
-        dataset = "custom"  # so the results table never calls real data "builtin"
+    label_dataset = _dataset_label(dataset, data_root, mode)
     data_root = data_root or None
     device = pick_device("auto" if device is None else str(device))
-    label_dataset = dataset if mode == "finetune" else f"{dataset}-linear"
     run_dir = Path(output_dir) / task.name / f"{label_dataset}__{task.preset}"
     log_file = None
     if write_result:
@@ -929,48 +474,23 @@ def finetune(
         log_file = run_dir / "log.jsonl"
         log_file.write_text("")
 
-    folds: list[int | None] = [None]
-    notes: list[str] = []
-    if task.folds:
-        present = esc50_folds_present(data_root)
-        folds = [f for f in task.folds if f in present]
-        if not folds:
-            raise ValueError(f"none of the task's folds {list(task.folds)} is in the data (folds present: {present})")
-        if len(present) < 2:
-            raise ValueError(f"ESC-50 cross-validation needs at least 2 folds; the data holds {present}")
-
+    folds = _folds_to_run(task, data_root)
     if task.cache_fbanks not in (True, False, "builtin"):
         raise ValueError(f"cache_fbanks must be True, False or 'builtin', got {task.cache_fbanks!r}")
     use_cache = task.cache_fbanks is True or (task.cache_fbanks == "builtin" and data_root is None)
-    runs, per_fold, classifier_paths = [], [], []
+    runs, notes = [], []
     for fold in folds:
-        label = f"fold {fold}: " if fold is not None else ""
         datasets = build_datasets(task, data_root, fold, seed)
         if fold == folds[0]:
-            notes += check_coverage(task, datasets, folds if fold is not None else None)
-            _check_disjoint(datasets)
-            for note in notes:
-                if data_root is not None:
-                    warnings.warn(note, stacklevel=2)
-                print(("warning: " if data_root is not None else "note: ") + note)
-        run = train_one_run(task, datasets, checkpoint, mode, output_dir, device, progress, seed, log_file, label, use_cache)
-        runs.append(run)
-        fold_metrics = {"fold": fold, "best_epoch": run["best_epoch"], **run["test"]["metrics"],
-                        **{f"val_{k}": v for k, v in run["val_metrics"].items()}}
-        per_fold.append(fold_metrics)
-        if write_result:
-            name = "classifier" if fold is None else f"classifier-fold{fold}"
-            classifier_paths.append(str(save_classifier(
-                run["model"], run_dir / name, classes=run["classes"], task=task, stats=run["stats"],
-                multilabel=run["multilabel"], sample_rate=run["frontend"].sample_rate,
-                extra={"fold": fold, "mode": mode, "test_metrics": run["test"]["metrics"], "encoder": run["encoder_info"]},
-            )))
+            notes += _first_fold_checks(task, datasets, folds, data_root)
+        label = f"fold {fold}: " if fold is not None else ""
+        runs.append(train_one_run(task, datasets, checkpoint, mode, output_dir, device, progress, seed, log_file, label, use_cache))
+    per_fold = [{"fold": fold, "best_epoch": run["best_epoch"], **run["test"]["metrics"],
+                 **{f"val_{k}": v for k, v in run["val_metrics"].items()}} for fold, run in zip(folds, runs)]
+    classifier_paths = [_save_run_classifier(run, fold, task, mode, run_dir) for fold, run in zip(folds, runs)] if write_result else []
 
     metrics = _combine(task, per_fold)
-    scores = np.concatenate([r["test"]["scores"] for r in runs])
-    targets = np.concatenate([r["test"]["targets"] for r in runs])
-    skipped = sorted({tuple(s) for r in runs for s in r["skipped"]})
-    metrics["skipped_files"] = len(skipped)
+    metrics["skipped_files"] = len({tuple(s) for r in runs for s in r["skipped"]})
     seconds = time.time() - started
     encoder_info = runs[0]["encoder_info"]
     result = {
@@ -980,7 +500,7 @@ def finetune(
         "mode": mode,
         "metrics": metrics,
         "per_fold": per_fold,
-        "predictions": {"scores": scores, "targets": targets},
+        "predictions": {key: np.concatenate([r["test"][key] for r in runs]) for key in ("scores", "targets")},
         "classes": runs[0]["classes"],
         "history": [r["history"] for r in runs] if task.folds else runs[0]["history"],
         "checkpoint": encoder_info["path"] or encoder_info["kind"],
@@ -993,29 +513,75 @@ def finetune(
         "classifier_paths": classifier_paths,
         "model": runs[-1]["model"],
     }
-    if baseline_encoder is not None:
-        shape = (baseline_encoder.get("model_size"), baseline_encoder.get("depth"))
-        if shape != (encoder_info["model_size"], encoder_info["depth"]):
-            message = (f"the random-init baseline (ViT-{shape[0]}, {shape[1]} blocks) does not have this encoder's shape "
-                       f"(ViT-{encoder_info['model_size']}, {encoder_info['depth']} blocks): the comparison is not like for like")
-            warnings.warn(message, stacklevel=2)
-            notes.append(message)
+    notes += _baseline_shape_notes(baseline_encoder, encoder_info)
     if write_result:
-        from asit.results import write_run_result
-
-        path = write_run_result(
+        result["result_path"] = str(write_run_result(
             output_dir, task.name, label_dataset, task.preset, metrics,
             baseline_metrics=baseline_metrics, config=task, checkpoint=result["checkpoint"],
             device=describe_environment(device), seconds=round(seconds, 1), notes=notes,
             mode=mode, encoder=encoder_info, per_fold=per_fold, classifier_paths=classifier_paths,
-            data_root=str(data_root) if data_root else None, seed=seed,
-            baseline_encoder=baseline_encoder,
-        )
-        result["result_path"] = str(path)
+            data_root=str(data_root) if data_root else None, seed=seed, baseline_encoder=baseline_encoder,
+        ))
     if progress:
         shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"{task.title} [{task.preset}, {mode}, {encoder_info['kind']} init]: {shown} ({seconds:.0f} s)")
     return result
+
+
+def _dataset_label(dataset: str, data_root: str | Path | None, mode: str) -> str:
+    """The data label of the result file: ``builtin``, ``custom`` (another root) or the caller's, ``-linear`` for a probe."""
+    if dataset != "builtin" and data_root is None:
+        raise ValueError(f"dataset={dataset!r} needs data_root (the unpacked data set); use dataset='builtin' for the built-in copy")
+    if dataset == "builtin" and data_root not in (None, ""):
+        print(f"note: data_root={str(data_root)!r} is not the built-in copy: results are labelled dataset='custom'")
+        dataset = "custom"  # so the results table never calls real data "builtin"
+    return dataset if mode == "finetune" else f"{dataset}-linear"
+
+
+def _folds_to_run(task: TaskConfig, data_root: str | Path | None) -> list[int | None]:
+    """The ESC-50 folds of ``task`` present in the data, or ``[None]`` for a task with fixed splits."""
+    if not task.folds:
+        return [None]
+    present = esc50_folds_present(data_root)
+    folds = [f for f in task.folds if f in present]
+    if not folds:
+        raise ValueError(f"none of the task's folds {list(task.folds)} is in the data (folds present: {present})")
+    if len(present) < 2:
+        raise ValueError(f"ESC-50 cross-validation needs at least 2 folds; the data holds {present}")
+    return folds
+
+
+def _first_fold_checks(task: TaskConfig, datasets: dict[str, Any], folds: list, data_root) -> list[str]:
+    """Coverage notes (said once, a warning on real data) and the validation / test disjointness check."""
+    notes = check_coverage(task, datasets, folds if folds[0] is not None else None)
+    _check_disjoint(datasets)
+    for note in notes:
+        if data_root is not None:
+            warnings.warn(note, stacklevel=3)
+        print(("warning: " if data_root is not None else "note: ") + note)
+    return notes
+
+
+def _save_run_classifier(run: dict, fold: int | None, task: TaskConfig, mode: str, run_dir: Path) -> str:
+    name = "classifier" if fold is None else f"classifier-fold{fold}"
+    return str(save_classifier(
+        run["model"], run_dir / name, classes=run["classes"], task=task, stats=run["stats"],
+        multilabel=run["multilabel"], sample_rate=run["frontend"].sample_rate,
+        extra={"fold": fold, "mode": mode, "test_metrics": run["test"]["metrics"], "encoder": run["encoder_info"]},
+    ))
+
+
+def _baseline_shape_notes(baseline_encoder: dict | None, encoder_info: dict) -> list[str]:
+    """A warning when the random-init baseline's shape is not this encoder's (an unfair comparison)."""
+    if baseline_encoder is None:
+        return []
+    shape = (baseline_encoder.get("model_size"), baseline_encoder.get("depth"))
+    if shape == (encoder_info["model_size"], encoder_info["depth"]):
+        return []
+    message = (f"the random-init baseline (ViT-{shape[0]}, {shape[1]} blocks) does not have this encoder's shape "
+               f"(ViT-{encoder_info['model_size']}, {encoder_info['depth']} blocks): the comparison is not like for like")
+    warnings.warn(message, stacklevel=3)
+    return [message]
 
 
 def _combine(task: TaskConfig, per_fold: list[dict]) -> dict[str, float]:
@@ -1043,9 +609,6 @@ def _check_disjoint(datasets: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from asit.session import PRESETS
-    from asit.tasks import TASKS
-
     parser = argparse.ArgumentParser(
         prog="python -m asit.finetune",
         description="Fine-tune (or linearly probe) an ASiT encoder on a downstream task; writes "
@@ -1060,20 +623,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output-dir", default="results")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: the best available)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="override TaskConfig fields, e.g. --set epochs=5 lr=1e-4 (values read as Python literals)")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override TaskConfig fields, e.g. --set epochs=5 lr=1e-4 --set folds=1,2 "
+                             "(the grammar of asit.pretrain's --set: values take the field's type)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            import ast
-
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
-    task = get_task(args.task, args.preset, **overrides)
+    task = apply_settings(get_task(args.task, args.preset), args.set)
     result = finetune(task, args.dataset, args.data_root, args.checkpoint, args.mode, args.output_dir, args.device,
                       progress=not args.no_progress, seed=args.seed)
     print(json.dumps({"result": result["result_path"], "metrics": result["metrics"]}, indent=2))
@@ -1085,18 +640,12 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "AudioClassifier",
     "build_datasets",
-    "build_encoder",
     "build_loaders",
     "cache_datasets",
-    "encoder_architecture",
-    "same_architecture",
-    "evaluate",
+    "check_coverage",
+    "esc50_folds_present",
     "finetune",
-    "find_pretrained_encoder",
-    "load_classifier",
-    "resolve_checkpoint",
-    "save_classifier",
+    "subset_paths",
     "train_one_run",
 ]

@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
+from asit.datasets import collate_clips, get_dataset
+
 # The split each labelled data set's k-NN uses as its memory bank (the clips with known labels);
 # the queries are always the "test" split. ESC-50's "trainval" is the four training folds of fold 1.
 BANK_SPLITS = {"esc50": "trainval"}
@@ -132,8 +134,6 @@ def labelled_loader(
 
     ``max_clips > 0`` keeps that many clips evenly spread over the split (every class stays present).
     """
-    from asit.datasets import collate_clips, get_dataset
-
     dataset = get_dataset(name, split, data_root=data_root or None, num_frames=num_frames, random_crop=False, sample_rate=sample_rate)
     if max_clips and max_clips < len(dataset):
         step = len(dataset) / max_clips

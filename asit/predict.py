@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from asit.audio import AudioError, NormStats, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
+from asit.classifier import load_classifier
 from asit.features import FbankFrontend
 
 
@@ -32,8 +33,6 @@ class Predictor:
     """A loaded classifier and its front end; call :meth:`scores` or :meth:`top_k` per file."""
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu", batch_size: int = 16):
-        from asit.finetune import load_classifier
-
         self.device = torch.device(device)
         self.model, self.config = load_classifier(checkpoint, self.device)
         self.classes: list[str] = list(self.config["classes"])

@@ -1,33 +1,22 @@
-"""ASiT pretraining engine: one epoch loop for a notebook, a laptop, or ``torchrun`` on N GPUs.
+"""ASiT pretraining driver: config, data, engine, checkpoints, results, and the CLI.
 
     python -m asit.pretrain --preset cpu
-    python -m asit.pretrain --preset smoke --set epochs=3 --set masking.max_ratio=0.5
+    python -m asit.pretrain --preset smoke --set epochs=3 --set masking.max_fraction=0.5
     torchrun --nproc_per_node=4 -m asit.pretrain --preset paper --set data_root=/data/audioset
 
-One step (:func:`train_step`), following the method reference and DINO's ``main_dino.py``:
-
-1. waveforms ``(B, V, S)`` (``V = num_global_views`` crops per clip, cut by the data workers)
-   become normalised spectrograms ``(V*B, 1, T, F)`` on the device (:class:`FbankFrontend`);
-2. :func:`asit.masking.group_mask` corrupts large groups of pixels of every view (student input);
-3. the teacher (an EMA of the student, no gradients, no drop path) encodes the *clean* views;
-4. the student encodes the corrupted views (plus optional 2 s local crops of the clean ones);
-5. losses: global (class tokens, cross-view), local (patch tokens, same position), masked L1
-   reconstruction; weighted sum;
-6. AdamW with per-step lr and weight-decay schedules, gradient clipping, then the teacher's EMA
-   update with its own momentum schedule.
-
-Nothing in the step waits for the device: losses stay tensors, a non-finite step is dropped by
-the gradient scaler's on-device check (exact at scale 1 in fp32/bf16), and the host reads values
-only every ``log_every`` steps, at checkpoints and at epoch ends.
+The step, the epoch loop and the k-NN monitor are :mod:`asit.engine_pretrain`'s; the shared
+training core (mixed precision, parameter groups, the non-finite policy, ``torchrun`` start-up,
+``--set``) is :mod:`asit.training`'s. This module wires them to the data, the checkpoints and
+the run folder.
 
 Reproducibility: every random draw of a step is seeded from ``(seed, step, rank)`` and every
-data item's crop / roll from ``(seed, epoch, index)``, so a run killed mid-epoch and resumed from
-its checkpoint continues exactly as an uninterrupted run (on CPU; GPU kernels may differ in the
-last bits), and the data workers' number does not change the data.
+data item's crop / roll from ``(seed, epoch, index)`` (:class:`SeededItems`), so a run killed
+mid-epoch and resumed from its checkpoint continues exactly as an uninterrupted run (on CPU; GPU
+kernels may differ in the last bits), and the data workers' number does not change the data.
 
 Distributed: under ``torchrun`` each rank takes a contiguous slice of every global batch
-(``batch_size`` clips each), gradients are averaged by DDP, the loss centers are all-reduced
-inside the losses, and only rank 0 writes logs, checkpoints and the encoder.
+(``batch_size`` clips each, :class:`EpochBatchSampler`), gradients are averaged by DDP, the loss
+centers are all-reduced inside the losses, and only rank 0 writes logs, checkpoints and the encoder.
 """
 
 from __future__ import annotations
@@ -46,58 +35,28 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import asit
 from asit import checkpoint as ckpt
-from asit.config import MAY_CHANGE_ON_RESUME, PretrainConfig, get_preset, override
-from asit.features import FbankFrontend
-from asit.schedules import cosine_schedule
-from asit.session import pick_device
-from asit.teacher import ema_update_, make_teacher
-
-LOSS_NAMES = ("global", "local", "reconstruction")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite and ``nan_policy="stop"``."""
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group when started by ``torchrun`` (nccl on GPUs, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), pick_device(device_preference)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_preference in ("auto", "cuda")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistInfo(rank, world, local_rank), device
-
+from asit.config import MAY_CHANGE_ON_RESUME, PretrainConfig, get_preset
+from asit.datasets import BUILTIN_FOLDERS, SkipLog, collate_clips, pretraining_pool
+from asit.datasets.base import base_dataset
+from asit.engine_pretrain import (
+    LOSS_NAMES,
+    TrainState,
+    build_knn_monitor,
+    build_student,
+    build_training,
+    epoch_means,
+    evaluate,
+    initial_encoder,
+    train_one_epoch,
+    train_step,
+)
+from asit.models import save_encoder
+from asit.session import PRESETS
+from asit.training import DistInfo, NonFiniteLossError, apply_settings, init_distributed
 
 # ----------------------------------------------------------------------------- data
 
@@ -130,12 +89,6 @@ class EpochBatchSampler:
             yield [(self.epoch, order[i]) for i in range(first, first + self.batch_size)]
 
 
-def _base_dataset(dataset: Dataset) -> Dataset:
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset
-
-
 class SeededItems(Dataset):
     """Each item's random roll and crop drawn from ``(seed, epoch, index)`` only.
 
@@ -148,7 +101,7 @@ class SeededItems(Dataset):
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed = dataset, seed
         self._generator = torch.Generator()
-        _base_dataset(dataset).generator = self._item_generator  # instance attribute beats the method
+        base_dataset(dataset).generator = self._item_generator  # instance attribute beats the method
 
     def _item_generator(self) -> torch.Generator:
         return self._generator
@@ -164,13 +117,9 @@ class SeededItems(Dataset):
 
 def build_pretraining_data(cfg: PretrainConfig) -> Dataset:
     """The unlabelled pool (training splits only): ``num_global_views`` random crops per clip."""
-    from asit.datasets import pretraining_pool
-
     names = {"names": tuple(cfg.datasets)} if cfg.datasets else {}  # default: every built-in data set
     data_root: Any = cfg.data_root or None
     if data_root and len(cfg.datasets) == 1:
-        from asit.datasets import BUILTIN_FOLDERS
-
         name = cfg.datasets[0]
         if not (Path(data_root) / BUILTIN_FOLDERS.get(name, name)).is_dir():
             data_root = {name: data_root}  # one data set: data_root is its own unpacked root
@@ -190,335 +139,14 @@ def build_pretraining_data(cfg: PretrainConfig) -> Dataset:
     return dataset
 
 
-def _collate():
-    from asit.datasets import collate_clips
-
-    return collate_clips
-
-
 def make_loader(dataset: Dataset, sampler: EpochBatchSampler, cfg: PretrainConfig, device: torch.device) -> DataLoader:
     return DataLoader(
         SeededItems(dataset, cfg.seed),
         batch_sampler=sampler,
         num_workers=cfg.num_workers,
-        collate_fn=_collate(),
+        collate_fn=collate_clips,
         pin_memory=device.type == "cuda",
     )
-
-
-# ----------------------------------------------------------------------------- training state
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` on ``device`` (``None`` = full precision)."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    if amp in ("fp16", "auto"):
-        return torch.float16
-    raise ValueError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
-
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """DINO's split: weight decay on weight matrices only, none on biases and norm parameters."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "name": "decay"}, {"params": no_decay, "name": "no_decay", "weight_decay": 0.0}]
-
-
-@dataclass
-class TrainState:
-    """Everything one optimisation step needs; :func:`build_training` makes it."""
-
-    cfg: PretrainConfig
-    device: torch.device
-    student: nn.Module  # the ASiT model (encoder + heads), unwrapped
-    model: nn.Module  # what the step calls: the student, or its DDP / compiled wrapper
-    teacher: nn.Module
-    frontend: FbankFrontend
-    losses: nn.ModuleDict  # "global", "local" distillation losses (own centers, temperatures)
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    lr: np.ndarray  # per-step schedules
-    wd: np.ndarray
-    momentum: np.ndarray
-    steps_per_epoch: int
-    dist: DistInfo = field(default_factory=DistInfo)
-    mask_generator: torch.Generator | None = None
-    bad_steps: torch.Tensor | None = None  # non-finite steps so far (device counter, read rarely)
-    first_bad_step: torch.Tensor | None = None  # global step of the first one, -1 if none
-
-    @property
-    def peak_lr(self) -> float:
-        return float(self.lr.max()) if len(self.lr) else self.cfg.base_lr
-
-
-def _make_losses(cfg: PretrainConfig) -> nn.ModuleDict:
-    from asit.losses import GlobalDistillationLoss, LocalDistillationLoss
-
-    common = dict(
-        num_epochs=cfg.epochs,
-        warmup_teacher_temp=cfg.warmup_teacher_temp,
-        teacher_temp=cfg.teacher_temp,
-        warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
-        student_temp=cfg.student_temp,
-        center_momentum=cfg.center_momentum,
-    )
-    return nn.ModuleDict(
-        {
-            "global": GlobalDistillationLoss(cfg.global_dim, teacher_views=cfg.num_global_views, **common),
-            "local": LocalDistillationLoss(cfg.local_dim, **common),
-        }
-    )
-
-
-def build_student(cfg: PretrainConfig) -> nn.Module:
-    """The ASiT student of ``cfg`` with its initial weights (seeded by ``cfg.seed``, on the CPU)."""
-    from asit.models import build_asit
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        student = build_asit(
-            cfg.model_size,
-            num_frames=cfg.num_frames,
-            global_dim=cfg.global_dim,
-            local_dim=cfg.local_dim,
-            drop_path_rate=cfg.drop_path_rate,
-            with_reconstruction=cfg.use_reconstruction,
-            **({"depth": cfg.depth} if cfg.depth else {}),
-        )
-        if (cfg.head_hidden_dim, cfg.head_bottleneck_dim) != (2048, 256):  # build_asit makes the paper's head
-            from asit.heads import ProjectionHead
-
-            student.projection = ProjectionHead(
-                student.encoder.embed_dim, hidden_dim=cfg.head_hidden_dim, bottleneck_dim=cfg.head_bottleneck_dim,
-                global_dim=cfg.global_dim, local_dim=cfg.local_dim,
-            )
-    return student
-
-
-def initial_encoder(cfg: PretrainConfig) -> nn.Module:
-    """The encoder exactly as the run of ``cfg`` starts it: the "random init" baseline.
-
-    Same architecture, same seed, same weights as the student (and the teacher) before step 1, so
-    a k-NN comparison against it measures what pretraining added and nothing else.
-    """
-    encoder = build_student(cfg).encoder
-    encoder.eval()
-    return encoder
-
-
-def build_training(
-    cfg: PretrainConfig,
-    device: torch.device | str,
-    stats=None,
-    steps_per_epoch: int = 1,
-    dist_info: DistInfo | None = None,
-) -> TrainState:
-    """Student, teacher, front end, losses, optimiser, scaler and schedules for ``cfg``.
-
-    Usable alone (benchmarks, notebooks): ``state = build_training(cfg, "cuda", stats)`` then
-    ``train_step(state, waves, lengths, it)`` on tensors already on the device.
-    """
-    device = torch.device(device)
-    dist_info = dist_info or DistInfo()
-    student = build_student(cfg).to(device)  # seeded: identical initial weights on every rank
-    torch.manual_seed(cfg.seed)
-    teacher = make_teacher(student)  # DINO: starts as the student, then follows its EMA
-    if cfg.grad_checkpointing:
-        student.set_grad_checkpointing(True)
-    model: nn.Module = student
-    if dist_info.enabled:
-        every_objective = cfg.use_global and cfg.use_local and cfg.use_reconstruction
-        model = nn.parallel.DistributedDataParallel(
-            student,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not every_objective,  # a switched-off objective leaves its head unused
-        )
-    if cfg.compile:
-        model = torch.compile(model)
-
-    global_batch = cfg.batch_size * dist_info.world_size
-    peak_lr = cfg.base_lr * global_batch / 256  # linear scaling rule
-    lr = cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs)
-    wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps_per_epoch)
-    momentum = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps_per_epoch)
-
-    amp_dtype = resolve_amp(cfg.amp, device)
-    # Fused AdamW (one kernel for all parameters) on CUDA, and on CPU where it exists: it also
-    # lets the scaler skip a non-finite step without waiting for the device.
-    try:
-        optimizer = torch.optim.AdamW(param_groups(student), lr=peak_lr, fused=device.type in ("cuda", "cpu"))
-    except (RuntimeError, TypeError):
-        optimizer = torch.optim.AdamW(param_groups(student), lr=peak_lr)
-    # fp16 needs loss scaling; in fp32 / bf16 a scale of 1 (exact) still gives on-device
-    # non-finite detection and step skipping.
-    fp16 = amp_dtype == torch.float16
-    try:
-        scaler = torch.amp.GradScaler(
-            device.type, init_scale=2.0**16 if fp16 else 1.0, growth_interval=2000 if fp16 else 2**30
-        )
-    except (RuntimeError, ValueError):  # a backend without GradScaler support
-        scaler = torch.amp.GradScaler(device.type, enabled=False)
-
-    frontend = FbankFrontend(cfg.num_frames, stats, sample_rate=cfg.sample_rate).to(device)
-    losses = _make_losses(cfg).to(device)
-    return TrainState(
-        cfg=cfg,
-        device=device,
-        student=student,
-        model=model,
-        teacher=teacher,
-        frontend=frontend,
-        losses=losses,
-        optimizer=optimizer,
-        scaler=scaler,
-        amp_dtype=amp_dtype,
-        lr=lr,
-        wd=wd,
-        momentum=momentum,
-        steps_per_epoch=steps_per_epoch,
-        dist=dist_info,
-        mask_generator=torch.Generator(device=device),
-        bad_steps=torch.zeros((), dtype=torch.long, device=device),
-        first_bad_step=torch.full((), -1, dtype=torch.long, device=device),
-    )
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def _step_seed(cfg: PretrainConfig, it: int, rank: int) -> int:
-    return (cfg.seed * 7_919 + it * 104_729 + rank * 15_485_863 + 1) % 2**62
-
-
-def _local_crops(spec: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """``num_local_crops`` random ``local_crop_frames`` windows per clip, cut from the clean views.
-
-    ``spec``: ``(V*B, 1, T, F)``. Returns ``(L*B, 1, local_crop_frames, F)``, crop-major.
-    """
-    views_b, _, frames, _ = spec.shape
-    batch = views_b // cfg.num_global_views
-    length = min(cfg.local_crop_frames, frames)
-    crops = []
-    for _ in range(cfg.num_local_crops):
-        view = torch.randint(cfg.num_global_views, (batch,), generator=generator, device=spec.device)
-        start = torch.randint(frames - length + 1, (batch,), generator=generator, device=spec.device)
-        rows = view * batch + torch.arange(batch, device=spec.device)  # (B,)
-        time_index = start[:, None] + torch.arange(length, device=spec.device)[None]  # (B, length)
-        crops.append(spec[rows[:, None], 0, time_index].unsqueeze(1))  # (B, 1, length, F)
-    return torch.cat(crops)
-
-
-def _mask_views(state: TrainState, spec: torch.Tensor, views: int, it: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group-mask every view; the masks are a function of the step, not of the process count.
-
-    With zero-filling (the default) under DDP, each rank draws the masks of the whole global batch
-    from the same seed and keeps its own slice, so N processes mask exactly as one process with the
-    same global batch would (mask drawing is cheap next to the ViT). Noise and swap corruption
-    depend on the local batch and are drawn per rank.
-    """
-    from asit.masking import group_mask
-
-    cfg, info = state.cfg, state.dist
-    plain = cfg.masking.corruption == "zeros" and cfg.masking.swap_prob == 0
-    state.mask_generator.manual_seed(_step_seed(cfg, it, 0 if plain else info.rank))
-    if not info.enabled or not plain:
-        return group_mask(spec, cfg.masking, state.mask_generator)
-    batch = spec.shape[0] // views
-    shape = (views, info.world_size, batch) + spec.shape[1:]
-    _, mask = group_mask(spec.new_zeros(()).expand(views * info.world_size * batch, *spec.shape[1:]), cfg.masking, state.mask_generator)
-    mask = mask.view(shape)[:, info.rank].reshape(spec.shape)  # global rows v*G + r*B + b -> local v*B + b
-    return spec.masked_fill(mask, 0.0), mask
-
-
-def _set_schedules(state: TrainState, it: int) -> None:
-    it = min(it, len(state.lr) - 1)
-    for group in state.optimizer.param_groups:
-        group["lr"] = float(state.lr[it])
-        if group.get("name") == "decay":
-            group["weight_decay"] = float(state.wd[it])
-
-
-def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it: int) -> dict[str, torch.Tensor]:
-    """One optimisation step on a batch already on the device; returns detached loss tensors.
-
-    Args:
-        waves: ``(B, V, S)`` waveform crops, ``V = num_global_views`` (``(B, S)`` means ``V = 1``).
-        lengths: ``(B, V)`` or ``(B,)`` valid samples per crop.
-        it: global step (indexes the schedules, seeds the masks).
-
-    Returns:
-        ``{"loss", "global", "local", "reconstruction", "finite"}`` as 0-d tensors (no host sync).
-    """
-    cfg, device = state.cfg, state.device
-    epoch = it // state.steps_per_epoch  # the losses' teacher-temperature schedule is per epoch (DINO)
-    _set_schedules(state, it)
-    torch.manual_seed(_step_seed(cfg, it, state.dist.rank))  # drop path: a function of the step and rank
-
-    if waves.dim() == 2:
-        waves, lengths = waves[:, None], lengths.reshape(-1, 1)
-    batch, views, samples = waves.shape
-    lengths = lengths.reshape(batch, -1).expand(batch, views)
-    # view-major order: rows [v*B, (v+1)*B) hold view v of every clip (DINO's chunk layout)
-    spec = state.frontend(waves.transpose(0, 1).reshape(views * batch, samples), lengths.T.reshape(-1))  # (V*B, 1, T, F)
-
-    corrupted, mask = _mask_views(state, spec, views, it)  # (V*B, 1, T, F) each
-    distill = cfg.use_global or cfg.use_local
-    autocast = torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
-
-    zero = torch.zeros((), device=device)
-    parts = {name: zero for name in LOSS_NAMES}
-    centers = [buffer.clone() for buffer in state.losses.buffers()]  # restored if the step is dropped
-    with autocast:
-        teacher_out = None
-        if distill:
-            with torch.no_grad():
-                teacher_out = state.teacher(spec, return_reconstruction=False)
-        out = state.model(corrupted, return_reconstruction=cfg.use_reconstruction)
-        if cfg.use_global:
-            student_global = out.global_out  # (V*B, Cg)
-            if cfg.num_local_crops > 0:
-                local = _local_crops(spec, cfg, state.mask_generator)
-                student_global = torch.cat([student_global, state.model(local, return_reconstruction=False).global_out])
-            parts["global"] = state.losses["global"](student_global.float(), teacher_out.global_out.float(), epoch)
-        if cfg.use_local:
-            parts["local"] = state.losses["local"](out.local_out.float(), teacher_out.local_out.float(), epoch)
-        if cfg.use_reconstruction:
-            from asit.losses import masked_l1_loss
-
-            parts["reconstruction"] = masked_l1_loss(out.reconstruction.float(), spec, mask)
-        total = (
-            cfg.weight_global * parts["global"]
-            + cfg.weight_local * parts["local"]
-            + cfg.weight_reconstruction * parts["reconstruction"]
-        )
-
-    finite = torch.isfinite(total)
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(total).backward()
-    state.scaler.unscale_(state.optimizer)
-    if cfg.clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(state.student.parameters(), cfg.clip_grad)
-    state.scaler.step(state.optimizer)  # skipped on device when a gradient is NaN / inf
-    state.scaler.update()
-
-    with torch.no_grad():
-        # a dropped (non-finite) step must not move the loss centers either
-        for buffer, before in zip(state.losses.buffers(), centers):
-            buffer.copy_(torch.where(finite, buffer, before))
-        momentum = float(state.momentum[min(it, len(state.momentum) - 1)])
-        ema_update_(state.teacher, state.student, momentum)
-        state.bad_steps += (~finite).long()
-        state.first_bad_step.copy_(
-            torch.where((~finite) & (state.first_bad_step < 0), torch.tensor(it, device=device), state.first_bad_step)
-        )
-    return {"loss": total.detach(), **{name: value.detach() for name, value in parts.items()}, "finite": finite}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -556,7 +184,7 @@ def training_state_dict(state: TrainState) -> dict:
         "teacher": state.teacher.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scaler": state.scaler.state_dict(),
-        "losses": state.losses.state_dict(),
+        "losses": state.criterion.state_dict(),  # the criterion's centers
         "mask_generator": state.mask_generator.get_state(),
         "rng": _rng_state(),
     }
@@ -567,7 +195,7 @@ def load_training_state(state: TrainState, saved: dict) -> None:
     state.teacher.load_state_dict(saved["teacher"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scaler.load_state_dict(saved["scaler"])
-    state.losses.load_state_dict(saved["losses"])
+    state.criterion.load_state_dict(saved["losses"])
     state.mask_generator.set_state(saved["mask_generator"])
     _set_rng_state(saved["rng"])
 
@@ -583,57 +211,237 @@ class PretrainResult:
     summary: dict = field(default_factory=dict)
 
 
-def _all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-        tensor /= info.world_size
-    return tensor
+@dataclass
+class _Run:
+    """The driver's bookkeeping for one run: where it writes, what it has done so far."""
+
+    cfg: PretrainConfig
+    info: DistInfo
+    run_dir: Path
+    dataset: Dataset
+    state: TrainState
+    sums: torch.Tensor  # loss, global, local, reconstruction, finite steps (this epoch, on the device)
+    skipped: SkipLog  # bad files found when the pool was built, then by the workers
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    start_step: int = 0
+    monitor: Any = None  # the k-NN monitor's clips, loaded at its first use
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.state.steps_per_epoch
+
+    @property
+    def encoder_dir(self) -> Path:
+        return self.run_dir / "encoder"
 
 
-def _knn_probe(state: TrainState, cfg: PretrainConfig):
-    """The k-NN monitor's labelled clips (``cfg.knn_dataset``), seen through the run's own front end
-    (the pool's normalisation, the pretraining crop length), so that every encoder compared on it
-    (the teacher at each measured epoch, the random init) gets the same inputs."""
-    from asit.knn import KnnProbe
+def _start(cfg: PretrainConfig) -> _Run:
+    """Check ``cfg``, join the process group, build the data and the training state."""
+    if cfg.nan_policy not in ("stop", "skip"):
+        raise ValueError(f"nan_policy must be 'stop' or 'skip', got {cfg.nan_policy!r}")
+    if cfg.use_global and cfg.num_global_views + cfg.num_local_crops < 2:
+        raise ValueError("the global loss pairs different views: use num_global_views=2 (or local crops), or use_global=false")
+    info, device = init_distributed(cfg.device)
+    run_dir = cfg.run_dir()
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = build_pretraining_data(cfg)
+    global_batch = cfg.batch_size * info.world_size
+    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(dataset)} clips make no full batch of {global_batch} (batch_size {cfg.batch_size} x {info.world_size} "
+            "processes); lower batch_size or add data"
+        )
+    base = base_dataset(dataset)
+    state = build_training(cfg, device, base.stats, steps_per_epoch, info)  # stats: published, or over the pool
+    sums = torch.zeros(len(LOSS_NAMES) + 2, device=device)
+    return _Run(cfg, info, run_dir, dataset, state, sums, SkipLog(base.skipped))
 
-    return KnnProbe(
-        cfg.knn_dataset,
-        state.frontend,
-        data_root=cfg.knn_data_root or None,
-        max_clips=cfg.knn_max_clips,
-        k=cfg.knn_k,
-        temperature=cfg.knn_temperature,
-        batch_size=max(cfg.batch_size, 8),
-        device=state.device,
-        clip_frames=cfg.knn_clip_frames,
+
+def _resume(run: _Run) -> None:
+    """Continue from the run's checkpoint (``resume="auto"`` or a path), if there is one."""
+    cfg, state = run.cfg, run.state
+    resume_path = None
+    if cfg.resume == "auto":
+        resume_path = ckpt.find_latest(run.run_dir)
+    elif cfg.resume not in ("never", ""):
+        resume_path = Path(cfg.resume)
+    if resume_path is None:
+        return
+    saved = ckpt.load_checkpoint(resume_path, cfg, may_change=MAY_CHANGE_ON_RESUME, map_location=state.device)
+    load_training_state(state, saved)
+    run.start_epoch, run.start_step = int(saved["epoch"]), int(saved["step_in_epoch"])
+    run.history = list(saved.get("history", []))
+    run.sums = saved["sums"].to(state.device)
+    run.skipped.extend(tuple(record) for record in saved.get("skipped_files", []))
+    state.nonfinite.count.fill_(int(saved.get("bad_steps", 0)))
+    if run.start_step >= run.steps_per_epoch:
+        run.start_epoch, run.start_step = run.start_epoch + 1, 0
+        run.sums.zero_()
+    if run.info.is_main:
+        print(f"resuming {run.run_dir} from {resume_path.name}: epoch {run.start_epoch}, step {run.start_step}", flush=True)
+
+
+def _check_finite(run: _Run) -> None:
+    """Stop on a non-finite loss under ``nan_policy="stop"`` (a host sync: only at log points and saves)."""
+
+    def message(first: int) -> str:
+        last_good = ckpt.find_latest(run.run_dir)
+        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before it"
+        return (
+            f"the loss became NaN or infinite at step {first} (epoch {first // run.steps_per_epoch}); training stopped and "
+            f"{where}. Try a lower base_lr, a longer warmup_epochs, clip_grad 1.0, amp=off (or bf16), "
+            "or nan_policy=skip to drop such steps."
+        )
+
+    run.state.nonfinite.check(message)
+
+
+def _save(run: _Run, epoch: int, step_in_epoch: int, numbered: bool) -> None:
+    """Checkpoint the training state (rank 0), after checking the losses are finite."""
+    _check_finite(run)
+    if not run.info.is_main:
+        return
+    payload = training_state_dict(run.state)
+    payload.update(
+        epoch=epoch,
+        step_in_epoch=step_in_epoch,
+        it=epoch * run.steps_per_epoch + step_in_epoch,
+        history=run.history,
+        sums=run.sums.cpu(),
+        skipped_files=[list(record) for record in run.skipped.records],
+        bad_steps=int(run.state.nonfinite.count),
     )
+    ckpt.save_checkpoint(payload, run.run_dir, run.cfg, epoch=epoch + 1 if numbered else None, keep_last=run.cfg.keep_last)
 
 
-def _teacher_temperature(state: TrainState, epoch: int) -> float | None:
-    loss = state.losses["global"]
-    for attr in ("teacher_temperature", "teacher_temp"):
-        value = getattr(loss, attr, None)
-        if callable(value):
-            return float(value(epoch))
-    schedule = getattr(loss, "teacher_temp_schedule", None)
-    if schedule is not None:
-        return float(schedule[min(epoch, len(schedule) - 1)])
-    return None
-
-
-def _save_encoder(state: TrainState, cfg: PretrainConfig, run_dir: Path, extra: dict) -> Path:
-    from asit.models import save_encoder
-
-    directory = run_dir / "encoder"
+def _save_encoder(run: _Run, extra: dict) -> Path:
+    """The teacher's encoder, as ``encoder/`` (safetensors + JSON, loadable by timm)."""
     save_encoder(
-        state.teacher.encoder,
-        directory,
-        extra={"source": "asit.pretrain (teacher)", "preset": cfg.preset, **extra},
-        stats=state.frontend.stats,
-        sample_rate=cfg.sample_rate,
+        run.state.teacher.encoder,
+        run.encoder_dir,
+        extra={"source": "asit.pretrain (teacher)", "preset": run.cfg.preset, **extra},
+        stats=run.state.frontend.stats,
+        sample_rate=run.cfg.sample_rate,
     )
-    return directory
+    return run.encoder_dir
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> None:
+    """One epoch through the engine; logs steps to ``steps.jsonl`` and checkpoints mid-epoch."""
+    cfg, info = run.cfg, run.info
+
+    def log_step(done: int, point: dict) -> None:
+        _check_finite(run)
+        if info.is_main:  # this step's losses (one step, not a mean): the curves' detail
+            with open(run.run_dir / "steps.jsonl", "a") as steps_log:
+                steps_log.write(json.dumps(point) + "\n")
+
+    sampler = EpochBatchSampler(len(run.dataset), cfg.batch_size, info.world_size, info.rank, cfg.seed, epoch, run.start_step)
+    train_one_epoch(
+        run.state, make_loader(run.dataset, sampler, cfg, run.state.device), epoch, run.sums,
+        start_step=run.start_step,
+        on_batch=lambda batch: run.skipped.extend(batch.get("skipped", [])),
+        on_log=log_step,
+        on_save=lambda done: _save(run, epoch, done, numbered=False),
+        progress=progress and info.is_main,
+    )
+    _check_finite(run)
+    if info.enabled:  # every rank's workers found their own bad files
+        gathered: list = [None] * info.world_size
+        dist.all_gather_object(gathered, run.skipped.records)
+        for records in gathered:
+            run.skipped.extend(records)
+
+
+def _end_epoch(run: _Run, epoch: int, seconds: float, progress: bool) -> None:
+    """The epoch's log line (mean losses, schedules, k-NN where measured), checkpoint and encoder."""
+    cfg, state = run.cfg, run.state
+    record: dict[str, Any] = {
+        **epoch_means(state, run.sums, epoch),
+        "skipped_files": len(run.skipped),
+        "skipped_steps": int(state.nonfinite.count),
+        "steps": run.steps_per_epoch,
+        "time_s": round(seconds, 3),
+    }
+    is_last = epoch + 1 == cfg.epochs
+    if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or is_last) and run.info.is_main:
+        run.monitor = run.monitor or build_knn_monitor(state)
+        record["knn_accuracy"] = evaluate(run.monitor, state.teacher.encoder)  # percent
+    run.history.append(record)
+    run.sums.zero_()
+    run.start_step = 0
+    if run.info.is_main:
+        with open(run.run_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        if progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss") or k == "knn_accuracy")
+            print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
+    if is_last or (cfg.save_every and (epoch + 1) % cfg.save_every == 0):
+        _save(run, epoch, run.steps_per_epoch, numbered=True)
+        if run.info.is_main:
+            _save_encoder(run, {"epoch": epoch + 1})
+
+
+def _knn_results(run: _Run) -> tuple[float | None, float | None]:
+    """k-NN of the final teacher against the same architecture at its initial weights (the run's own
+    starting point), on the same clips through the same front end: what pretraining added."""
+    knn_final = next((h["knn_accuracy"] for h in reversed(run.history) if "knn_accuracy" in h), None)
+    knn_random = None
+    if run.cfg.knn_every and run.info.is_main and run.history:
+        run.monitor = run.monitor or build_knn_monitor(run.state)
+        knn_random = evaluate(run.monitor, initial_encoder(run.cfg).to(run.state.device))
+        if knn_final is None:  # a run resumed after its last epoch: measure the teacher now
+            knn_final = evaluate(run.monitor, run.state.teacher.encoder)
+    return knn_final, knn_random
+
+
+def _summary(run: _Run, started: float) -> dict:
+    cfg, history = run.cfg, run.history
+    knn_final, knn_random = _knn_results(run)
+    final = history[-1] if history else {}
+    return {
+        "preset": cfg.preset,
+        "run_dir": str(run.run_dir),
+        "encoder_dir": str(run.encoder_dir),
+        "epochs": cfg.epochs,
+        "steps": sum(h.get("steps", 0) for h in history),
+        "final_loss": final.get("loss"),
+        "final_losses": {name: final.get(f"loss_{name}") for name in LOSS_NAMES},
+        "first_losses": {name: history[0].get(f"loss_{name}") for name in LOSS_NAMES} if history else {},
+        "knn_accuracy": knn_final,  # percent, the teacher's class token (None: monitor off)
+        "knn_accuracy_random_init": knn_random,  # percent, the same encoder before training
+        "knn_dataset": cfg.knn_dataset if cfg.knn_every else None,
+        "knn_clips": list(run.monitor.sizes) if run.monitor is not None else None,  # (bank, queries)
+        "knn_k": cfg.knn_k,
+        "train_time_s": round(sum(h.get("time_s", 0.0) for h in history), 3),  # every epoch, resumed or not
+        "final": final,
+        "skipped_files": len(run.skipped),
+        "skipped_kinds": dict(run.skipped.counts),
+        "skipped": [list(record) for record in run.skipped.records],
+        "skipped_steps": int(run.state.nonfinite.count),
+        "time_s": round(time.time() - started, 3),
+        "world_size": run.info.world_size,
+        "device": str(run.state.device),
+        "asit_version": asit.__version__,
+    }
+
+
+def _report(run: _Run, summary: dict, progress: bool) -> None:
+    """Write ``summary.json`` (rank 0) and say what the run found."""
+    if not run.encoder_dir.exists() and run.history:
+        _save_encoder(run, {"epoch": len(run.history)})
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    knn_final, knn_random = summary["knn_accuracy"], summary["knn_accuracy_random_init"]
+    if progress and knn_final is not None:
+        shown = "-" if knn_random is None else f"{knn_random:.1f}%"
+        print(f"k-NN accuracy on {run.cfg.knn_dataset}: pretrained {knn_final:.1f}%, random init {shown}", flush=True)
+    if summary["skipped_files"]:
+        print(run.skipped.summary() + "; see summary.json for each file and why", flush=True)
+    if (progress or summary["skipped_files"]) and summary["skipped_steps"]:
+        print(f"skipped {summary['skipped_steps']} step(s) with a non-finite loss", flush=True)
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
@@ -653,217 +461,27 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     encoder at its initial weights, on the same clips through the same front end).
 
     Returns the per-epoch history, the run directory and the saved teacher encoder's directory.
-    Raises :class:`NonFiniteLossError` when the loss is NaN / infinite and ``nan_policy="stop"``
-    (the last good checkpoint stays on disk).
+    Raises :class:`asit.training.NonFiniteLossError` when the loss is NaN / infinite and
+    ``nan_policy="stop"`` (the last good checkpoint stays on disk).
     """
-    if cfg.nan_policy not in ("stop", "skip"):
-        raise ValueError(f"nan_policy must be 'stop' or 'skip', got {cfg.nan_policy!r}")
-    if cfg.use_global and cfg.num_global_views + cfg.num_local_crops < 2:
-        raise ValueError("the global loss pairs different views: use num_global_views=2 (or local crops), or use_global=false")
-    info, device = init_distributed(cfg.device)
-    run_dir = cfg.run_dir()
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    dataset = build_pretraining_data(cfg)
-    global_batch = cfg.batch_size * info.world_size
-    steps_per_epoch = len(dataset) // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(dataset)} clips make no full batch of {global_batch} (batch_size {cfg.batch_size} x {info.world_size} "
-            "processes); lower batch_size or add data"
-        )
-    base = _base_dataset(dataset)
-    stats = base.stats  # normalisation: published numbers or computed over the pool (cached)
-    state = build_training(cfg, device, stats, steps_per_epoch, info)
-
-    history: list[dict] = []
-    start_epoch, start_step = 0, 0
-    sums = torch.zeros(len(LOSS_NAMES) + 2, device=device)  # loss, global, local, reconstruction, finite steps
-    from asit.datasets import SkipLog
-
-    skipped = SkipLog(base.skipped)  # bad files found when the pool was built, then by the workers
-    resume_path = None
-    if cfg.resume == "auto":
-        resume_path = ckpt.find_latest(run_dir)
-    elif cfg.resume not in ("never", ""):
-        resume_path = Path(cfg.resume)
-    if resume_path is not None:
-        saved = ckpt.load_checkpoint(resume_path, cfg, may_change=MAY_CHANGE_ON_RESUME, map_location=device)
-        load_training_state(state, saved)
-        start_epoch, start_step = int(saved["epoch"]), int(saved["step_in_epoch"])
-        history = list(saved.get("history", []))
-        sums = saved["sums"].to(device)
-        skipped.extend(tuple(record) for record in saved.get("skipped_files", []))
-        state.bad_steps.fill_(int(saved.get("bad_steps", 0)))
-        if start_step >= steps_per_epoch:
-            start_epoch, start_step = start_epoch + 1, 0
-            sums.zero_()
-        if info.is_main:
-            print(f"resuming {run_dir} from {resume_path.name}: epoch {start_epoch}, step {start_step}", flush=True)
-    if info.is_main:
-        cfg.to_json(run_dir / "config.json")
-        if not history:  # a fresh run replaces an old run's logs
+    run = _start(cfg)
+    _resume(run)
+    if run.info.is_main:
+        cfg.to_json(run.run_dir / "config.json")
+        if not run.history:  # a fresh run replaces an old run's logs
             for name in ("log.jsonl", "steps.jsonl", "summary.json"):
-                (run_dir / name).unlink(missing_ok=True)
-
-    def save(epoch: int, step_in_epoch: int, numbered: bool) -> None:
-        check_finite(epoch, step_in_epoch)
-        if not info.is_main:
-            return
-        payload = training_state_dict(state)
-        payload.update(
-            epoch=epoch,
-            step_in_epoch=step_in_epoch,
-            it=epoch * steps_per_epoch + step_in_epoch,
-            history=history,
-            sums=sums.cpu(),
-            skipped_files=[list(record) for record in skipped.records],
-            bad_steps=int(state.bad_steps),
-        )
-        ckpt.save_checkpoint(payload, run_dir, cfg, epoch=epoch + 1 if numbered else None, keep_last=cfg.keep_last)
-
-    def check_finite(epoch: int, step_in_epoch: int) -> None:
-        """Read the device's non-finite counter (a host sync: only at log points and saves)."""
-        if cfg.nan_policy != "stop" or int(state.bad_steps) == 0:
-            return
-        first = int(state.first_bad_step)
-        last_good = ckpt.find_latest(run_dir)
-        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before it"
-        raise NonFiniteLossError(
-            f"the loss became NaN or infinite at step {first} (epoch {first // steps_per_epoch}); training stopped and "
-            f"{where}. Try a lower base_lr, a longer warmup_epochs, clip_grad 1.0, amp=off (or bf16), "
-            "or nan_policy=skip to drop such steps."
-        )
-
-    encoder_dir = run_dir / "encoder"
-    probe = None  # the k-NN monitor's clips, loaded at its first use
+                (run.run_dir / name).unlink(missing_ok=True)
     started = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, cfg.epochs):
         epoch_start = time.time()
-        sampler = EpochBatchSampler(len(dataset), cfg.batch_size, info.world_size, info.rank, cfg.seed, epoch, start_step)
-        loader = make_loader(dataset, sampler, cfg, device)
-        state.student.train()
-        bar = None
-        if progress and info.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for step_in_epoch, batch in enumerate(loader, start=start_step):
-            it = epoch * steps_per_epoch + step_in_epoch
-            skipped.extend(batch.get("skipped", []))
-            waves = batch["wave"].to(device, non_blocking=True)
-            lengths = torch.as_tensor(batch["length"]).to(device, non_blocking=True)
-            out = train_step(state, waves, lengths, it)
-            values = torch.stack([out["loss"], out["global"], out["local"], out["reconstruction"], torch.ones_like(out["loss"])])
-            sums += torch.where(out["finite"], values, torch.zeros_like(values))  # epoch means over finite steps
-            done = step_in_epoch + 1
-            if done % cfg.log_every == 0 or done == steps_per_epoch:
-                check_finite(epoch, done)
-                if info.is_main:  # this step's losses (one step, not a mean): the curves' detail
-                    point = {"step": it + 1, "epoch": epoch + (done / steps_per_epoch),
-                             **{key: float(out[key]) for key in ("loss", *LOSS_NAMES)}, "lr": float(state.lr[it])}
-                    with open(run_dir / "steps.jsonl", "a") as steps_log:
-                        steps_log.write(json.dumps(point) + "\n")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{out['loss'].item():.4f}", lr=f"{state.lr[it]:.2e}")
-            if bar is not None:
-                bar.update(1)
-            if cfg.save_every_steps and done % cfg.save_every_steps == 0 and done < steps_per_epoch:
-                save(epoch, done, numbered=False)
-        if bar is not None:
-            bar.close()
-
-        check_finite(epoch, steps_per_epoch)
-        if info.enabled:  # every rank's workers found their own bad files
-            gathered: list = [None] * info.world_size
-            dist.all_gather_object(gathered, skipped.records)
-            for records in gathered:
-                skipped.extend(records)
-        reduced = _all_reduce_mean(sums, info)
-        means = reduced[:-1] / reduced[-1].clamp_min(1e-12)
-        last_it = (epoch + 1) * steps_per_epoch - 1
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": float(means[0]),
-            **{f"loss_{name}": float(means[i + 1]) for i, name in enumerate(LOSS_NAMES)},
-            "lr": float(state.lr[last_it]),
-            "wd": float(state.wd[last_it]),
-            "momentum": float(state.momentum[last_it]),
-            "teacher_temp": _teacher_temperature(state, epoch),
-            "skipped_files": len(skipped),
-            "skipped_steps": int(state.bad_steps),
-            "steps": steps_per_epoch,
-            "time_s": round(time.time() - epoch_start, 3),
-        }
-        is_last = epoch + 1 == cfg.epochs
-        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or is_last) and info.is_main:
-            probe = probe or _knn_probe(state, cfg)
-            record["knn_accuracy"] = probe.accuracy(state.teacher.encoder)  # percent
-        history.append(record)
-        sums.zero_()
-        start_step = 0
-        if info.is_main:
-            with open(run_dir / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-            if progress:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss") or k == "knn_accuracy")
-                print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
-        if is_last or (cfg.save_every and (epoch + 1) % cfg.save_every == 0):
-            save(epoch, steps_per_epoch, numbered=True)
-            if info.is_main:
-                encoder_dir = _save_encoder(state, cfg, run_dir, {"epoch": epoch + 1})
-
-    # k-NN of the final teacher against the same architecture at its initial weights (the run's own
-    # starting point), on the same clips through the same front end: what pretraining added.
-    knn_final = next((h["knn_accuracy"] for h in reversed(history) if "knn_accuracy" in h), None)
-    knn_random = None
-    if cfg.knn_every and info.is_main and history:
-        probe = probe or _knn_probe(state, cfg)
-        knn_random = probe.accuracy(initial_encoder(cfg).to(device))
-        if knn_final is None:  # a run resumed after its last epoch: measure the teacher now
-            knn_final = probe.accuracy(state.teacher.encoder)
-    final = history[-1] if history else {}
-    summary = {
-        "preset": cfg.preset,
-        "run_dir": str(run_dir),
-        "encoder_dir": str(encoder_dir),
-        "epochs": cfg.epochs,
-        "steps": sum(h.get("steps", 0) for h in history),
-        "final_loss": final.get("loss"),
-        "final_losses": {name: final.get(f"loss_{name}") for name in LOSS_NAMES},
-        "first_losses": {name: history[0].get(f"loss_{name}") for name in LOSS_NAMES} if history else {},
-        "knn_accuracy": knn_final,  # percent, the teacher's class token (None: monitor off)
-        "knn_accuracy_random_init": knn_random,  # percent, the same encoder before training
-        "knn_dataset": cfg.knn_dataset if cfg.knn_every else None,
-        "knn_clips": list(probe.sizes) if probe is not None else None,  # (bank, queries)
-        "knn_k": cfg.knn_k,
-        "train_time_s": round(sum(h.get("time_s", 0.0) for h in history), 3),  # every epoch, resumed or not
-        "final": final,
-        "skipped_files": len(skipped),
-        "skipped_kinds": dict(skipped.counts),
-        "skipped": [list(record) for record in skipped.records],
-        "skipped_steps": int(state.bad_steps),
-        "time_s": round(time.time() - started, 3),
-        "world_size": info.world_size,
-        "device": str(device),
-        "asit_version": asit.__version__,
-    }
-    if info.is_main:
-        if not encoder_dir.exists() and history:
-            encoder_dir = _save_encoder(state, cfg, run_dir, {"epoch": len(history)})
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if progress and knn_final is not None:
-            shown = "-" if knn_random is None else f"{knn_random:.1f}%"
-            print(f"k-NN accuracy on {cfg.knn_dataset}: pretrained {knn_final:.1f}%, random init {shown}", flush=True)
-        if progress or summary["skipped_files"]:
-            if summary["skipped_files"]:
-                print(skipped.summary() + "; see summary.json for each file and why", flush=True)
-            if summary["skipped_steps"]:
-                print(f"skipped {summary['skipped_steps']} step(s) with a non-finite loss", flush=True)
-    if info.enabled:
+        _train_epoch(run, epoch, progress)
+        _end_epoch(run, epoch, time.time() - epoch_start, progress)
+    summary = _summary(run, started)
+    if run.info.is_main:
+        _report(run, summary, progress)
+    if run.info.enabled:
         dist.barrier()
-    return PretrainResult(history=history, run_dir=run_dir, encoder_dir=encoder_dir, summary=summary)
+    return PretrainResult(history=run.history, run_dir=run.run_dir, encoder_dir=run.encoder_dir, summary=summary)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -875,12 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="ASiT self-supervised pretraining (GMML reconstruction + local and global self-distillation).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu", "paper"],
+    parser.add_argument("--preset", default="cpu", choices=PRESETS,
                         help="starting settings: smoke (tests, seconds), cpu (laptop, minutes), gpu (Colab T4, ~1 h), "
                              "paper (ViT-B, AudioSet-2M, the authors' hyper-parameters)")
     parser.add_argument("--config", default=None, help="a config.json from an earlier run (replaces the preset)")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_ratio=0.5; "
+    parser.add_argument("--set", dest="assignments", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_fraction=0.5; "
                              "see asit/config.py for every field and what to try when training is unstable")
     parser.add_argument("--resume", default=None,
                         help="'auto' continues from <run_dir>/checkpoint.pth if present, 'never' starts over, "
@@ -893,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig.from_json(args.config) if args.config else get_preset(args.preset)
-    cfg = override(cfg, *args.assignments)
+    cfg = apply_settings(cfg, args.assignments)
     changes = {}
     if args.resume is not None:
         changes["resume"] = args.resume

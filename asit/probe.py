@@ -7,7 +7,7 @@ This module asks the same question as the k-NN monitor on every task at once, wi
 and a trained linear read-out, in one to two minutes per encoder on two CPU cores:
 
 1. each clip's spectrogram (the first ``clip_frames`` frames) is cut into windows of the encoder's
-   input length; a window's features are its class token (``cls``), the mean of its patch tokens
+   input length; a window's features are its class token (``token``), the mean of its patch tokens
    (``mean``) and its patch tokens averaged over time per mel band (``bands``), each averaged over
    the windows that hold audio;
 2. a logistic regression (standardised features, ``C`` chosen by 3-fold cross-validation on the
@@ -41,13 +41,24 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
+from asit.audio import frames_for_samples
+from asit.classifier import model_size_of
+from asit.datasets import collate_clips, get_dataset
+from asit.features import FbankFrontend
+from asit.metrics import mean_average_precision
+from asit.models import create_encoder, load_encoder
+
 # Regularisation strengths the cross-validation chooses from (inverse of the L2 penalty).
 PROBE_CS = (0.01, 0.1, 1.0)
-POOLS = ("cls", "mean", "bands")  # encoder_features' poolings, in the order the rows list them
+POOLS = ("token", "mean", "bands")  # encoder_features' poolings, in the order the rows list them
 RANDOM_INIT = "none"
 FBANK = "fbank"
 
@@ -84,10 +95,6 @@ class ProbeSplit:
 
 def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None, stats=None, batch_size: int = 64) -> tuple[ProbeSplit, Any]:
     """The first ``task.clip_frames`` frames of every clip of ``split`` (zero-padded), and the data set."""
-    from asit.audio import frames_for_samples
-    from asit.datasets import collate_clips, get_dataset
-    from asit.features import FbankFrontend
-
     data = get_dataset(task.dataset, split, data_root=data_root, num_frames=task.clip_frames, random_crop=False, **task.options)
     frontend = FbankFrontend(task.clip_frames, stats if stats is not None else data.stats, data.sample_rate)
     specs, frames, targets = [], [], []
@@ -103,7 +110,7 @@ def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None,
 def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Three poolings of each clip's tokens, each averaged over the clip's windows:
 
-    - ``"cls"`` ``(M, D)``: the class token, what the fine-tuning head reads by default;
+    - ``"token"`` ``(M, D)``: the class token, what the fine-tuning head reads by default;
     - ``"mean"`` ``(M, D)``: the mean of the patch tokens over time *and* frequency;
     - ``"bands"`` ``(M, F/p * D)``: the patch tokens averaged over time only, one ``D``-vector per
       mel band of patches, concatenated. ``mean`` adds the bands together, so a frequency-specific
@@ -130,7 +137,7 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
     bands = F // encoder.patch_embed.patch_size[1]  # tokens run time-major: (window / p) rows of `bands`
     per_band = patches.reshape(M * n, -1, bands, patches.shape[-1]).mean(1).flatten(1)  # (M * n, bands * D)
     out = {}
-    for name, per_window in (("cls", tokens[:, 0]), ("mean", patches.mean(1)), ("bands", per_band)):
+    for name, per_window in (("token", tokens[:, 0]), ("mean", patches.mean(1)), ("bands", per_band)):
         out[name] = (per_window.reshape(M, n, -1) * weights).sum(1).numpy()
     return out
 
@@ -153,10 +160,6 @@ def _folds(labels: np.ndarray) -> int:
 
 def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, scoring: str) -> np.ndarray:
     """Probabilities of a standardised logistic regression, C chosen by cross-validation on train only."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     folds = _folds(train_y)
     if folds >= 2:
         model = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring=scoring, max_iter=3000)
@@ -170,8 +173,6 @@ def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, s
 
 def probe_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, multilabel: bool = False) -> float:
     """Test accuracy (single-label) or mAP (multi-label, one regression per class), in percent."""
-    from asit.metrics import mean_average_precision
-
     if not multilabel:
         classes = np.unique(train_y)
         if len(classes) < 2:
@@ -205,8 +206,6 @@ def _random_seed(source: str) -> int | None:
 
 def _encoder(source: str | Path | nn.Module, reference: nn.Module | None) -> nn.Module:
     """A loaded checkpoint, or (``"none"``, ``"none:<seed>"``) a random init with ``reference``'s shape."""
-    from asit.models import create_encoder, load_encoder
-
     if isinstance(source, nn.Module):
         return source
     seed = _random_seed(str(source))
@@ -214,8 +213,6 @@ def _encoder(source: str | Path | nn.Module, reference: nn.Module | None) -> nn.
         return load_encoder(source)
     if reference is None:
         raise ValueError("a random init needs a checkpoint to copy the shape of: probe a checkpoint too")
-    from asit.finetune import model_size_of
-
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         encoder = create_encoder(model_size_of(reference), num_frames=reference.patch_embed.img_size[0], depth=len(reference.blocks))
@@ -272,8 +269,6 @@ def run_probes(
 
 def table(rows: list[dict[str, Any]]):
     """The rows as a pandas table: one row per features x pool, one column per task."""
-    import pandas as pd
-
     frame = pd.DataFrame(rows)
     return frame.pivot_table(index=["features", "pool"], columns="task", values="score", sort=False).round(1)
 

@@ -15,13 +15,16 @@ import json
 import math
 import platform
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from asit import __version__
 from asit.atomic import atomic_write
+from asit.tasks import TASK_METRICS, TASK_TITLES
 
 # Reported results (ViT-B, AudioSet pretraining, fine-tuned), as quoted in later literature's
 # comparison tables; see shared/reference/asit-method.md. ``None``: not reported there. ASiT's
@@ -37,24 +40,8 @@ PAPER_RESULTS: dict[str, dict[str, float | None]] = {
     "EAT": {"audioset_2m": 48.6, "audioset_20k": 40.2, "esc50": 95.9, "ks1": None, "ks2": 98.3, "voxceleb1": None},
 }
 
-# The metric each task is judged by, in percent, as in the paper's table.
-TASK_METRICS: dict[str, str] = {
-    "audioset_2m": "mAP",
-    "audioset_20k": "mAP",
-    "esc50": "accuracy",
-    "ks1": "accuracy",
-    "ks2": "accuracy",
-    "voxceleb1": "accuracy",
-}
-TASK_TITLES: dict[str, str] = {
-    "audioset_2m": "AudioSet-2M",
-    "audioset_20k": "AudioSet-20K",
-    "esc50": "ESC-50",
-    "ks1": "Speech Commands V1 (KS1)",
-    "ks2": "Speech Commands V2 (KS2)",
-    "voxceleb1": "VoxCeleb1 speaker id",
-}
-TASK_ORDER = list(TASK_METRICS)
+# The paper's table's order of the tasks (their metrics and titles are asit.tasks').
+TASK_ORDER = ["audioset_2m", "audioset_20k", "esc50", "ks1", "ks2", "voxceleb1"]
 
 
 def paper_number(task: str, model: str = "ASiT") -> float | None:
@@ -78,8 +65,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
         return _jsonable(asdict(value))
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
@@ -107,8 +92,6 @@ def write_run_result(
         metrics: numbers of the run being reported (the pretrained encoder's, for a downstream task).
         baseline_metrics: the same metrics from a random-init encoder under the same budget, if run.
     """
-    from asit import __version__
-
     path = result_path(output_dir, task, dataset, preset)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {

@@ -29,6 +29,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from asit.config import get_preset
 from asit.session import PRESETS
 
 AST_SOURCE = "AST's published recipe, as quoted in shared/reference/asit-method.md ('Fine-tuning')"
@@ -58,7 +59,7 @@ class TaskConfig:
     model_size: str = "base"  # tiny | small | base, used only when no pretrained checkpoint is loaded
     depth: int = 0  # transformer blocks of that encoder; 0 = the size's standard 12 (get_task copies
     # model_size and depth from the pretraining preset of the same name: same shape as its encoder)
-    drop_path: float = 0.1  # stochastic depth while fine-tuning (0 for a linear probe)
+    drop_path_rate: float = 0.1  # stochastic depth while fine-tuning (0 for a linear probe)
     pool: str = "token"  # features the head sees: "token" = class token, "mean" = mean of patch tokens
 
     # --- optimisation ---
@@ -74,7 +75,7 @@ class TaskConfig:
     min_lr: float = 1e-7  # end of the cosine
     lr_decay_start: int = 5  # step schedule: first epoch whose lr is decayed
     lr_decay_rate: float = 0.85  # step schedule: lr factor per epoch from lr_decay_start on (AST-style step decay)
-    grad_clip: float | None = None  # max gradient norm; None: no clipping (AST does not clip)
+    clip_grad: float | None = None  # max gradient norm; None: no clipping (AST does not clip); pretraining's name
     label_smoothing: float = 0.0  # cross-entropy label smoothing (single-label tasks only)
 
     # --- augmentation (on the device, see asit.augment) ---
@@ -238,6 +239,9 @@ _RECIPES: dict[str, dict[str, Any]] = {
 }
 
 TASKS = tuple(_RECIPES)
+# Each task's metric (in percent, as in the paper's table) and title, read by asit.results and the notebooks.
+TASK_METRICS: dict[str, str] = {name: recipe.get("metric", TaskConfig.metric) for name, recipe in _RECIPES.items()}
+TASK_TITLES: dict[str, str] = {name: recipe["title"] for name, recipe in _RECIPES.items()}
 
 # How each smaller preset changes the recipe. Values given as a dict keyed by task override the
 # preset's default for that task only.
@@ -267,7 +271,7 @@ _PRESET_CHANGES: dict[str, dict[str, Any]] = {
         eval_batch_size=64,
         lr=3e-4,
         warmup_epochs=0.5,
-        drop_path=0.0,
+        drop_path_rate=0.0,
         mixup=0.0,
         background_noise=0.0,
         num_workers=0,
@@ -281,17 +285,11 @@ _PRESET_CHANGES: dict[str, dict[str, Any]] = {
             "0.96 s inputs as in that pretraining (AudioSet 1.92 s, VoxCeleb1 1.28 s), evaluated on whole clips "
             "in windows of that length (eval_windows); a few hundred steps of batch 8 (ESC-50 12 epochs per fold "
             "over all 5 folds, AudioSet 30, KS 30, VoxCeleb1 40) at lr 3e-4 with half an epoch of warm-up. The head "
-            "reads the mean patch token (pool 'mean', as Audio-MAE and BEATs fine-tune), not the class token: on KS2 a "
-            "random init's class token stayed at chance for 30 epochs (training loss at ln 35) while the mean learnt "
-            "(13-19 %), and on ESC-50 the mean gave 8 points more from either start (49 against 41); on AudioSet the "
-            "class token was 2-4 mAP better, within the seed spread. The lr "
-            "is the one setting tried against the pretrained encoder, on an earlier build of the built-in pool: on "
-            "ESC-50 folds 1-2, lr 3e-4 put it 3.7 points ahead of random init (two seeds), lr 1e-3 5 points behind "
-            "(one seed), lr 5e-4 with layer decay 0.75 level; over all 5 folds of a later build both ended at "
-            "41.0 with the class-token head. Augmentation is light: no mixup, no background "
-            "noise (with mixup 0.6 + noise a random-init KS2 model stayed at chance), no stochastic depth, "
-            "SpecAugment 12 bins / 12-24 frames. Data: fbanks cached once on disk (cache_fbanks) and read in the "
-            "main process (num_workers 0): no worker start-up per epoch, and both cores stay with the model"
+            "reads the mean patch token (pool 'mean', as Audio-MAE and BEATs fine-tune), not the class token. "
+            "Augmentation is light: no mixup, no background noise, no stochastic depth, SpecAugment 12 bins / "
+            "12-24 frames. Data: fbanks cached once on disk (cache_fbanks) and read in the main process "
+            "(num_workers 0): no worker start-up per epoch, and both cores stay with the model. Why these values: "
+            "results/HISTORY.md"
         ),
     ),
     "gpu": dict(
@@ -313,8 +311,6 @@ def pretraining_architecture(preset: str) -> dict[str, Any]:
     Read from :func:`asit.config.get_preset` at every call, so a retuned pretraining preset
     changes the random-init baseline of the downstream preset of the same name with it.
     """
-    from asit.config import get_preset
-
     pretraining = get_preset(preset)
     return {"model_size": pretraining.model_size, "depth": int(pretraining.depth)}
 
@@ -355,4 +351,4 @@ def get_task(name: str, preset: str = "paper", **overrides: Any) -> TaskConfig:
     return TaskConfig(name=name, preset=preset, **values)
 
 
-__all__ = ["TaskConfig", "TASKS", "get_task", "pretraining_architecture"]
+__all__ = ["TaskConfig", "TASKS", "TASK_METRICS", "TASK_TITLES", "get_task", "pretraining_architecture"]

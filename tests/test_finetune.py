@@ -14,17 +14,15 @@ import torch
 
 from asit import models
 from asit.config import get_preset
-from asit.finetune import (
+from asit.classifier import (
     AudioClassifier,
-    build_datasets,
     build_encoder,
     find_pretrained_encoder,
-    finetune,
     load_classifier,
     resolve_checkpoint,
     same_architecture,
-    subset_paths,
 )
+from asit.finetune import build_datasets, finetune, subset_paths
 from asit.session import PRESETS
 from asit.tasks import TASKS, get_task
 from layouts import write_audioset, write_esc50, write_speech_commands, write_voxceleb1
@@ -298,7 +296,7 @@ def test_imagenet_initialisation(tmp_path):
 
 def test_a_non_finite_loss_stops_fine_tuning_with_a_clear_message(tmp_path, monkeypatch):
     """The loss stays on the device between reads; a NaN is still caught, by the epoch's end at the latest."""
-    import asit.finetune as engine
+    import asit.engine_finetune as engine
 
     real = engine.spectrograms
     monkeypatch.setattr(engine, "spectrograms", lambda batch, frontend: real(batch, frontend) * float("nan"))
@@ -308,12 +306,12 @@ def test_a_non_finite_loss_stops_fine_tuning_with_a_clear_message(tmp_path, monk
 
 
 def test_layer_decay_scales_the_lr_from_the_head_down_to_the_patch_embedding():
-    from asit.finetune import _parameter_groups
+    from asit.training import param_groups
 
     model = AudioClassifier(models.create_encoder("tiny", 96, depth=3), num_classes=4)
-    flat = _parameter_groups(model, weight_decay=0.05)  # layer_decay 1: every lr unscaled
+    flat = param_groups(model, weight_decay=0.05, decay_embeddings=False)  # layer_decay 1: every lr unscaled
     assert {g["lr_scale"] for g in flat} == {1.0} and len(flat) == 2
-    groups = _parameter_groups(model, weight_decay=0.05, layer_decay=0.5)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.5, decay_embeddings=False)
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from asit import engine_pretrain
 from asit import pretrain as engine
 from asit.checkpoint import load_checkpoint
 from asit.config import PretrainConfig, get_preset, override
@@ -109,15 +110,15 @@ def test_local_crops_join_the_global_loss_as_extra_student_views():
     waves, lengths = _fixed_batch(cfg)
     it, (batch, views, samples) = 1, waves.shape
     spec = state.frontend(waves.transpose(0, 1).reshape(views * batch, samples), lengths.T.reshape(-1))
-    corrupted, _ = engine._mask_views(state, spec, views, it)
-    local = engine._local_crops(spec, cfg, state.mask_generator)  # the generator continues from the masks
+    corrupted, _ = engine_pretrain.mask_views(state, spec, views, it)
+    local = engine_pretrain.local_crops(spec, cfg, state.mask_generator)  # the generator continues from the masks
     assert local.shape == (2 * batch, 1, 32, spec.shape[-1])
     with torch.no_grad():
         teacher = state.teacher(spec, return_reconstruction=False).global_out
         full = state.student(corrupted).global_out
         student = torch.cat([full, state.student(local, return_reconstruction=False).global_out])
-        expected = copy.deepcopy(state.losses)["global"](student, teacher, it // 4)
-        full_views_only = copy.deepcopy(state.losses)["global"](full, teacher, it // 4)
+        expected = copy.deepcopy(state.criterion).global_loss(student, teacher, it // 4)
+        full_views_only = copy.deepcopy(state.criterion).global_loss(full, teacher, it // 4)
     out = engine.train_step(state, waves, lengths, it)
     torch.testing.assert_close(out["global"], expected, rtol=1e-4, atol=1e-4)
     assert abs(out["global"].item() - full_views_only.item()) > 1e-3

@@ -37,8 +37,8 @@ def test_encoder_features_average_only_windows_that_hold_audio():
         tokens = encoder.forward_features(spec[:, :, :96].reshape(2, 1, 3, 32, 128).transpose(1, 2).reshape(6, 1, 32, 128))
     cls = tokens[:, 0].reshape(2, 3, -1)
     # clip 0 holds 40 frames: windows at frames 0 and 32, not 64
-    np.testing.assert_allclose(features["cls"][0], cls[0, :2].mean(0).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(features["cls"][1], cls[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features["token"][0], cls[0, :2].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features["token"][1], cls[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
     mean = tokens[:, 1:].mean(1).reshape(2, 3, -1)
     np.testing.assert_allclose(features["mean"][1], mean[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
     # bands: a 32 x 128 window is a 2 x 8 grid of patches, time-major; average the 2 rows, keep the 8 bands
@@ -78,7 +78,7 @@ def test_run_probes_on_esc50_and_audioset_layouts(tmp_path, monkeypatch):
     assert [(r["task"], r["features"], r["pool"]) for r in rows] == [
         (task, features, pool)
         for task in ("esc50", "audioset")
-        for features, pool in [("fbank", "mel mean+std")] + [(f, p) for f in ("tiny", "random init") for p in ("cls", "mean", "bands")]
+        for features, pool in [("fbank", "mel mean+std")] + [(f, p) for f in ("tiny", "random init") for p in ("token", "mean", "bands")]
     ]
     esc_rows = [r for r in rows if r["task"] == "esc50"]
     assert {r["train_clips"] for r in esc_rows} == {24} and {r["test_clips"] for r in esc_rows} == {6}

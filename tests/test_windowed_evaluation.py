@@ -15,7 +15,9 @@ from asit.audio import window_starts
 from asit.datasets import collate_clips, get_dataset
 from asit.fbank_cache import CachedFbankDataset, FbankCache, spectrograms, valid_frames
 from asit.features import FbankFrontend, clip_windows, padding_value
-from asit.finetune import base_dataset, build_datasets, evaluate, finetune
+from asit.datasets.base import base_dataset
+from asit.engine_finetune import evaluate
+from asit.finetune import build_datasets, finetune
 from asit.tasks import get_task
 from layouts import write_esc50
 

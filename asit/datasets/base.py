@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, Subset, get_worker_info
 
 from asit import audio
 from asit.audio import (
@@ -736,7 +736,15 @@ def ensure_split(dataset: str, split: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"{dataset} has no split {split!r}; choose one of {', '.join(allowed)}")
 
 
+def base_dataset(dataset):
+    """The :class:`AudioDataset` under any ``torch.utils.data.Subset`` wrapping."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
 __all__ = [
+    "base_dataset",
     "AudioDataset",
     "DatasetLayoutError",
     "MetadataError",
