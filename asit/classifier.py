@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from asit import __version__, models
+from asit.atomic import atomic_write
 from asit.audio import DEFAULT_SAMPLE_RATE, NUM_MEL_BINS, NormStats
 from asit.tasks import TaskConfig
 
@@ -242,12 +244,16 @@ def save_classifier(
 
     ``config.json`` holds everything needed to rebuild and run it without the training code's
     state: the format tag, the encoder size and input length, the pooling, the class names, and
-    the front-end settings (sample rate, frames, mel bins, normalisation statistics).
+    the front-end settings (sample rate, frames, mel bins, normalisation statistics). Both are
+    written atomically (a full disk: :class:`asit.atomic.DiskFullError`, the old files kept); a
+    classifier with a NaN or infinite weight is refused (:class:`asit.models.NonFiniteWeightsError`).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
+    models.check_finite(state, f"the classifier to save in {directory}")
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_write(directory / "model.safetensors") as handle:
+        handle.write(save_safetensors(state))
     config = {
         "format": CLASSIFIER_FORMAT,
         "format_version": CLASSIFIER_FORMAT_VERSION,
@@ -265,7 +271,8 @@ def save_classifier(
         "asit_version": __version__,
         **(extra or {}),
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    with atomic_write(directory / "config.json", "w") as handle:
+        handle.write(json.dumps(config, indent=2, default=str) + "\n")
     return directory
 
 

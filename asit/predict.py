@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from asit.audio import AudioError, NormStats, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
+from asit.audio import AudioError, NormStats, check_fbank, display_path, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
 from asit.classifier import load_classifier
 from asit.features import FbankFrontend
 
@@ -66,6 +66,7 @@ class Predictor:
         for start in range(0, len(waves), self.batch_size):
             batch = waves[start : start + self.batch_size].to(self.device)
             spec = self.frontend(batch, lengths[start : start + self.batch_size].to(self.device))  # (W, 1, T, F)
+            check_fbank(spec, path)  # what the model would see: never score NaN
             logits = self.model(spec).float()
             probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
             total += probs.sum(dim=0).cpu()
@@ -110,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             best = predictor.top_k(path, args.top_k)
-        except AudioError as err:
+        except AudioError as err:  # named, and the other files are still labelled
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        print(path)
+        print(display_path(path))  # a non-UTF-8 name printed with escapes, not a UnicodeEncodeError
         for label, score in best:
             print(f"  {score:6.3f}  {label}")
+    if failed:
+        print(f"{failed} of {len(args.files)} file(s) could not be labelled", file=sys.stderr)
     return 1 if failed else 0
 
 
