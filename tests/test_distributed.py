@@ -23,7 +23,7 @@ def build_training(*args, **kwargs):
 engine.build_training = build_training
 engine.main(sys.argv[2:])
 rank = int(os.environ.get("RANK", "0"))
-torch.save(captured["state"].losses.state_dict(), os.path.join(sys.argv[1], f"centers-rank{rank}.pt"))
+torch.save(captured["state"].criterion.state_dict(), os.path.join(sys.argv[1], f"centers-rank{rank}.pt"))
 """
 
 
