@@ -35,7 +35,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
 	test -x $(PY) || uv venv -q --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install -q $(UV_FLAGS) -c constraints.txt -e ".[notebooks,dev]"
+	VIRTUAL_ENV=$(VENV) uv pip install -q $(UV_FLAGS) -c constraints.txt -e ".[notebooks,dev,export,suites,book]"
 	$(PY) -m ipykernel install --sys-prefix --name asit --display-name "Python (asit)" >/dev/null
 	touch $@
 
@@ -62,6 +62,16 @@ lab: $(STAMP)
 
 bench: $(STAMP) $(BUILTIN_DATA)
 	$(PY) -m asit.bench
+
+# The course as a website (Sphinx + MyST-NB) from the executed copies `make reproduce` wrote for
+# PRESET: build/book/html/index.html. book-check opens every page in headless Chromium
+# (Debian: apt-get install chromium; .ci/run installs it).
+.PHONY: book book-check
+book: $(STAMP)
+	$(PY) -m asit.book --preset $(PRESET)
+
+book-check: book
+	$(PY) tests/book_check.py build/book/html
 
 lock: $(STAMP)
 	{ head -n 3 constraints.txt; VIRTUAL_ENV=$(VENV) uv pip freeze --exclude-editable; } > constraints.txt.new

@@ -315,9 +315,17 @@ def clip_fbank(
     num_frames: int | None = None,
     sample_rate: int = DEFAULT_SAMPLE_RATE,
     num_mel_bins: int = NUM_MEL_BINS,
+    padding: str = "fbank",
 ) -> torch.Tensor:
-    """The whole reference path for one file: ``(num_frames, num_mel_bins)`` normalised fbank."""
-    fbank = check_fbank(kaldi_fbank(prepare_wave(load_audio(path, sample_rate)), sample_rate, num_mel_bins), path)
+    """The whole reference path for one file: ``(num_frames, num_mel_bins)`` normalised fbank.
+
+    ``padding`` for a clip shorter than ``num_frames``: ``"fbank"`` zero-pads the fbank (AST);
+    ``"waveform"`` zero-pads the waveform before the fbank (the released ASiT pretraining).
+    """
+    wave = prepare_wave(load_audio(path, sample_rate))
+    if padding == "waveform" and num_frames is not None:
+        wave = torch.nn.functional.pad(wave, (0, max(0, samples_for_frames(num_frames, sample_rate) - wave.numel())))
+    fbank = check_fbank(kaldi_fbank(wave, sample_rate, num_mel_bins), path)
     if num_frames is not None:
         fbank = pad_or_crop(fbank, num_frames)
     return normalize(fbank, stats)

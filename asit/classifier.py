@@ -25,11 +25,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from asit import __version__, models
-from asit.atomic import atomic_write
 from asit.audio import DEFAULT_SAMPLE_RATE, NUM_MEL_BINS, NormStats
 from asit.tasks import TaskConfig
 
@@ -229,6 +227,22 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 # Classifier checkpoint (read by asit.predict)
 
 
+def timm_twin(model: AudioClassifier) -> nn.Module:
+    """The plain timm ViT that computes what ``model`` computes, its head inside.
+
+    ``pool="token"`` is timm's ``global_pool="token"``; ``pool="mean"`` is ``global_pool="avg"``
+    with ``fc_norm=False`` (the mean of the patch tokens after the final norm, as here).
+    """
+    encoder = model.encoder
+    twin = models.create_encoder(
+        model_size_of(encoder), int(encoder.patch_embed.img_size[0]), int(encoder.patch_embed.img_size[1]),
+        num_classes=model.head.out_features, drop_path_rate=0.0, global_pool="token" if model.pool == "token" else "avg",
+        fc_norm=False, depth=len(encoder.blocks),
+    )
+    twin.load_state_dict({**encoder.state_dict(), "head.weight": model.head.weight, "head.bias": model.head.bias})
+    return twin.eval()
+
+
 def save_classifier(
     model: AudioClassifier,
     directory: str | Path,
@@ -244,16 +258,11 @@ def save_classifier(
 
     ``config.json`` holds everything needed to rebuild and run it without the training code's
     state: the format tag, the encoder size and input length, the pooling, the class names, and
-    the front-end settings (sample rate, frames, mel bins, normalisation statistics). Both are
-    written atomically (a full disk: :class:`asit.atomic.DiskFullError`, the old files kept); a
-    classifier with a NaN or infinite weight is refused (:class:`asit.models.NonFiniteWeightsError`).
+    the front-end settings (sample rate, frames, mel bins, normalisation statistics). The folder
+    is also a timm model folder (:func:`asit.models.save_encoder` of :func:`timm_twin`: timm key
+    names, ``architecture``, ``num_classes``, ``label_names``, ``pretrained_cfg``), so
+    ``timm.create_model("local-dir:" + directory, pretrained=True)`` gives the same logits.
     """
-    directory = Path(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    models.check_finite(state, f"the classifier to save in {directory}")
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_write(directory / "model.safetensors") as handle:
-        handle.write(save_safetensors(state))
     config = {
         "format": CLASSIFIER_FORMAT,
         "format_version": CLASSIFIER_FORMAT_VERSION,
@@ -267,13 +276,13 @@ def save_classifier(
         "pool": model.pool,
         "multilabel": multilabel,
         "classes": list(classes),
+        "label_names": list(classes),
         "task_config": task.to_dict(),
         "asit_version": __version__,
         **(extra or {}),
     }
-    with atomic_write(directory / "config.json", "w") as handle:
-        handle.write(json.dumps(config, indent=2, default=str) + "\n")
-    return directory
+    config = json.loads(json.dumps(config, default=str))  # paths and the like as text, as before
+    return models.save_encoder(timm_twin(model), directory, extra=config, stats=stats, sample_rate=sample_rate)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[AudioClassifier, dict]:
@@ -294,7 +303,10 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         **_depth_kwargs(config.get("depth", 0)),  # classifiers written before depth was recorded have 12 blocks
     )
     model = AudioClassifier(encoder, len(config["classes"]), pool=config["pool"])
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    state = load_file(str(directory / "model.safetensors"))
+    if "patch_embed.proj.weight" in state:  # timm key names (save_classifier); earlier folders have encoder.* keys
+        state = {k if k.startswith("head.") else f"encoder.{k}": v for k, v in state.items()}
+    model.load_state_dict(state)
     return model.to(device).eval(), config
 
 
@@ -310,4 +322,5 @@ __all__ = [
     "resolve_checkpoint",
     "same_architecture",
     "save_classifier",
+    "timm_twin",
 ]

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from asit.clipping import clip_gradients_
 from asit.config import PretrainConfig
 from asit.features import FbankFrontend
 from asit.heads import ProjectionHead
@@ -118,6 +119,9 @@ def build_student(cfg: PretrainConfig) -> nn.Module:
             local_dim=cfg.local_dim,
             drop_path_rate=cfg.drop_path_rate,
             with_reconstruction=cfg.use_reconstruction,
+            reconstruction_hidden_dim=cfg.reconstruction_hidden_dim,
+            cls_token_std=cfg.cls_token_std or None,
+            imagenet_weights=cfg.init_weights,
             **({"depth": cfg.depth} if cfg.depth else {}),
         )
         if (cfg.head_hidden_dim, cfg.head_bottleneck_dim) != (2048, 256):  # build_asit makes the paper's head
@@ -192,14 +196,14 @@ def build_training(
         student=student,
         model=model,
         teacher=teacher,
-        frontend=FbankFrontend(cfg.num_frames, stats, sample_rate=cfg.sample_rate).to(device),
+        frontend=FbankFrontend(cfg.num_frames, stats, sample_rate=cfg.sample_rate, padding=cfg.padding).to(device),
         criterion=build_criterion(cfg).to(device),
         optimizer=optimizer,
         scaler=grad_scaler(device, amp_dtype, always=True),  # scale 1 outside fp16: on-device skipping
         amp_dtype=amp_dtype,
-        lr=cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs),
-        wd=cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps_per_epoch),
-        momentum=cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps_per_epoch),
+        lr=cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs, end=cfg.schedule_end),
+        wd=cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps_per_epoch, end=cfg.schedule_end),
+        momentum=cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps_per_epoch, end=cfg.schedule_end),
         steps_per_epoch=steps_per_epoch,
         nonfinite=NonFiniteSteps(device, cfg.nan_policy),
         dist=dist_info,
@@ -258,7 +262,7 @@ def mask_views(state: TrainState, spec: torch.Tensor, views: int, it: int) -> tu
     plain = cfg.masking.corruption == "zeros" and cfg.masking.swap_prob == 0
     state.mask_generator.manual_seed(step_seed(cfg, it, 0 if plain else info.rank))
     if not info.enabled or not plain:
-        return group_mask(spec, cfg.masking, state.mask_generator)
+        return group_mask(spec, cfg.masking, state.mask_generator, views=views)
     batch = spec.shape[0] // views
     shape = (views, info.world_size, batch) + spec.shape[1:]
     _, mask = group_mask(spec.new_zeros(()).expand(views * info.world_size * batch, *spec.shape[1:]), cfg.masking, state.mask_generator)
@@ -325,8 +329,7 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(total).backward()
     state.scaler.unscale_(state.optimizer)
-    if cfg.clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(state.student.parameters(), cfg.clip_grad)
+    clip_gradients_(state.student, cfg.clip_grad, cfg.clip_mode)
     state.scaler.step(state.optimizer)  # skipped on device when a gradient is NaN / inf
     state.scaler.update()
     finite = torch.isfinite(total) & parameters_finite(list(state.student.parameters()))

@@ -82,18 +82,29 @@ def batched_kaldi_fbank(
     return mel.clamp_min(torch.finfo(mel.dtype).eps).log()
 
 
+PADDINGS = ("fbank", "waveform")
+
+
 class FbankFrontend(nn.Module):
     """Waveform batch -> normalised spectrogram batch ``(B, 1, T, F)`` on the batch's device.
 
-    Frames past a clip's true length are set to zero *before* normalisation, exactly as AST and
-    ASiT zero-pad a short clip's fbank, so the result equals the per-clip reference path
-    (:func:`asit.audio.clip_fbank`) for every clip, short or long.
+    A clip shorter than the crop arrives zero-padded (the data sets pad the waveform). Two ways
+    to treat the frames past its end (``padding``):
+
+    - ``"fbank"`` (default): frames past the clip's true length are set to a zero log-mel *before*
+      normalisation, as AST's fine-tuning pipeline zero-pads a short clip's fbank (``-mean / 2 std``
+      after normalisation, +0.47 with the AudioSet statistics). Equals the per-clip reference path
+      (:func:`asit.audio.clip_fbank`) for every clip, short or long.
+    - ``"waveform"``: the fbank of the zero-padded waveform as it is, as the released pretraining
+      code computes it: silent frames hold ``log(eps)`` (-15.9 raw, -1.28 after normalisation
+      with the AudioSet statistics) and the frames across the clip's end mix both.
 
     Args:
         num_frames: output frame count; waveforms are expected to hold
             ``samples_for_frames(num_frames)`` samples (what the data sets' crop produces).
             ``None``: every frame the batch's waveforms give (whole clips, for evaluation).
         stats: normalisation statistics; ``None`` returns the raw log-mel values.
+        padding: ``"fbank"`` or ``"waveform"``, see above.
     """
 
     def __init__(
@@ -102,8 +113,12 @@ class FbankFrontend(nn.Module):
         stats: NormStats | None,
         sample_rate: int = DEFAULT_SAMPLE_RATE,
         num_mel_bins: int = NUM_MEL_BINS,
+        padding: str = "fbank",
     ):
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        self.padding = padding
         self.num_frames = num_frames
         self.stats = stats
         self.sample_rate = sample_rate
@@ -128,10 +143,11 @@ class FbankFrontend(nn.Module):
             fbank = batched_kaldi_fbank(waves, self.sample_rate, self.num_mel_bins, self.filters)
         frames = fbank.shape[1]
         num_frames = frames if self.num_frames is None else self.num_frames
-        if frames < num_frames:
-            fbank = torch.nn.functional.pad(fbank, (0, 0, 0, num_frames - frames))
+        if frames < num_frames:  # what silence gives under each padding: zero or log(eps)
+            silence = 0.0 if self.padding == "fbank" else float(fbank.new_tensor(torch.finfo(fbank.dtype).eps).log())
+            fbank = torch.nn.functional.pad(fbank, (0, 0, 0, num_frames - frames), value=silence)
         fbank = fbank[:, :num_frames]
-        if lengths is not None:
+        if lengths is not None and self.padding == "fbank":
             win, hop = window_length(self.sample_rate), hop_length(self.sample_rate)
             lengths = lengths.to(fbank.device)
             valid = torch.where(lengths >= win, 1 + (lengths - win).div(hop, rounding_mode="floor"), 0)
@@ -142,7 +158,10 @@ class FbankFrontend(nn.Module):
         return fbank.unsqueeze(1)  # (B, 1, T, F)
 
     def extra_repr(self) -> str:
-        return f"num_frames={self.num_frames}, sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, stats={self.stats}"
+        return (
+            f"num_frames={self.num_frames}, sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, "
+            f"stats={self.stats}, padding={self.padding!r}"
+        )
 
 
 def clip_windows(
@@ -178,4 +197,4 @@ def padding_value(stats: NormStats | None) -> float:
     return 0.0 if stats is None else -stats.mean / (2 * stats.std)
 
 
-__all__ = ["FbankFrontend", "clip_windows", "padding_value", "batched_kaldi_fbank", "mel_filterbank", "frames_for_samples", "samples_for_frames"]
+__all__ = ["PADDINGS", "FbankFrontend", "clip_windows", "padding_value", "batched_kaldi_fbank", "mel_filterbank", "frames_for_samples", "samples_for_frames"]

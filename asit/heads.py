@@ -87,11 +87,13 @@ class ReconstructionHead(nn.Module):
         in_dim: encoder width ``D``.
         patch_size: ViT patch size.
         in_chans: spectrogram channels (1).
-        hidden_dim: MLP width (``None``: ``in_dim``, 768 for ViT-B as released).
+        hidden_dim: MLP width: 768 whatever the encoder, as released (so a released ViT-S
+            checkpoint's head loads); ``0`` or ``None``: ``in_dim``, a head in proportion to a
+            ViT-S / ViT-Ti encoder (our option; the same at ViT-B).
         bottleneck_dim: channels into the transposed convolution (128 as released).
     """
 
-    def __init__(self, in_dim: int, patch_size: int = 16, in_chans: int = 1, hidden_dim: int | None = None, bottleneck_dim: int = 128):
+    def __init__(self, in_dim: int, patch_size: int = 16, in_chans: int = 1, hidden_dim: int | None = 768, bottleneck_dim: int = 128):
         super().__init__()
         hidden_dim = hidden_dim or in_dim
         self.patch_size = patch_size

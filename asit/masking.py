@@ -8,8 +8,9 @@ under the mask.
 
 API
 ---
-- :class:`MaskingConfig`: every knob, with the released code's settings as the defaults.
-- :func:`group_mask` ``(x (B,1,T,F), cfg, generator=None) -> (corrupted (B,1,T,F), mask bool (B,1,T,F))``:
+- :class:`MaskingConfig`: every knob. ``MaskingConfig()`` holds our training choices;
+  :meth:`MaskingConfig.released` the released code's (the ``paper`` preset's).
+- :func:`group_mask` ``(x (V*B,1,T,F), cfg, generator=None, views=1) -> (corrupted, mask bool)``:
   the training path, batched and vectorised on the batch's device.
 - :func:`masked_fraction` ``(mask) -> (B,)``.
 - :func:`reference_group_mask_loop`: the released algorithm as a plain per-sample Python loop. The
@@ -24,7 +25,10 @@ is a *lower bound*: the block that crosses it is kept whole, so the masked fract
 (:func:`fraction_bounds`). A block's height is uniform in ``1 .. floor(max_block[0] * T / a)`` units
 of ``a`` pixels (``a = 1`` for ``align="pixel"``, ``patch_size`` for ``"patch"``), likewise its
 width; its corner is uniform over the aligned positions and it is clipped at the spectrogram's
-edge, as in the released code.
+edge. With ``block_bounds="released"`` the upper bounds are exclusive, as numpy's ``randint``
+made them in the released code: heights ``1 .. floor(max_block[0] * T / a) - 1``, corners never
+on the last row or column (at 592 x 128: blocks of at most 176 x 37 pixels, corners up to
+(590, 126)); ``"full"`` includes them (blocks up to 177 x 38, corners anywhere).
 
 How the vectorised version works
 --------------------------------
@@ -85,7 +89,7 @@ _MAX_ROUNDS = 1000  # a guard against a configuration that can never reach its t
 
 @dataclass
 class MaskingConfig:
-    """Group masking settings. Defaults follow the released pretraining code (earlier revision)."""
+    """Group masking settings: our training choices; :meth:`released` gives the released code's."""
 
     # Per sample the target masked fraction is drawn uniformly in [min_fraction, max_fraction].
     # Earlier revision: 0.5 / 0.7; the later revision fixes it at 0.5 / 0.5.
@@ -112,6 +116,22 @@ class MaskingConfig:
     swap_prob: float = 0.0
     # Target fraction of that route (a lower bound, as above).
     swap_fraction: float = 0.3
+    # "full": block sizes and corners up to the stated maxima; "released": numpy's exclusive upper
+    # bounds as in the released code (one pixel / cell less on each, see the module docstring).
+    block_bounds: Literal["full", "released"] = "full"
+    # Whose pixels a swapped sample receives: "other_clip" (another clip, the same view index) or
+    # "any" (any clip of the same view index, itself included, as released: a self-donor leaves
+    # the pixels unchanged yet counts them as masked).
+    donor: Literal["other_clip", "any"] = "other_clip"
+
+    @classmethod
+    def released(cls, **overrides) -> "MaskingConfig":
+        """The released pretraining command's masking (earlier revision): ``--drop_perc 0.7``,
+        ``--drop_replace 0.3`` (so half the samples take the swap route), ``--drop_align 1``,
+        ``--drop_type zeros``, blocks up to 30 %, numpy's bounds, any donor."""
+        settings = dict(min_fraction=0.5, max_fraction=0.7, max_block=(0.3, 0.3), align="pixel", shape="blocks",
+                        corruption="zeros", swap_prob=0.5, swap_fraction=0.3, block_bounds="released", donor="any")
+        return cls(**{**settings, **overrides})
 
     def __post_init__(self):
         if not 0.0 <= self.min_fraction <= self.max_fraction <= 1.0:
@@ -126,6 +146,10 @@ class MaskingConfig:
             raise ValueError(f"shape must be 'blocks', 'time' or 'freq', got {self.shape!r}")
         if self.corruption not in ("zeros", "noise", "swap"):
             raise ValueError(f"corruption must be 'zeros', 'noise' or 'swap', got {self.corruption!r}")
+        if self.block_bounds not in ("full", "released"):
+            raise ValueError(f"block_bounds must be 'full' or 'released', got {self.block_bounds!r}")
+        if self.donor not in ("other_clip", "any"):
+            raise ValueError(f"donor must be 'other_clip' or 'any', got {self.donor!r}")
         self.max_block = tuple(self.max_block)
 
     @property
@@ -139,9 +163,16 @@ def masked_fraction(mask: torch.Tensor) -> torch.Tensor:
     return mask.flatten(1).float().mean(dim=1)
 
 
-def _max_units(fraction: float, size: int, cell: int) -> int:
-    # Largest block side in cells: floor(fraction * size) pixels rounded down to whole cells.
-    return max(1, int(fraction * size) // cell)
+def _max_units(fraction: float, size: int, cell: int, bounds: str = "full") -> int:
+    # Largest block side in cells: floor(fraction * size) pixels rounded down to whole cells;
+    # one less with the released (exclusive) bound.
+    units = int(fraction * size) // cell
+    return max(1, units - 1 if bounds == "released" else units)
+
+
+def _corner_cells(grid: tuple[int, int], bounds: str) -> tuple[int, int]:
+    # Number of possible block corners per axis: every cell, or all but the last (released).
+    return tuple(max(1, g - 1) if bounds == "released" else g for g in grid)
 
 
 def fraction_bounds(cfg: MaskingConfig, num_frames: int, num_mel_bins: int) -> tuple[float, float]:
@@ -151,8 +182,8 @@ def fraction_bounds(cfg: MaskingConfig, num_frames: int, num_mel_bins: int) -> t
     block that crosses the target is kept whole).
     """
     c = cfg.cell
-    h = _max_units(cfg.max_block[0], num_frames, c) * c if cfg.shape != "freq" else num_frames
-    w = _max_units(cfg.max_block[1], num_mel_bins, c) * c if cfg.shape != "time" else num_mel_bins
+    h = _max_units(cfg.max_block[0], num_frames, c, cfg.block_bounds) * c if cfg.shape != "freq" else num_frames
+    w = _max_units(cfg.max_block[1], num_mel_bins, c, cfg.block_bounds) * c if cfg.shape != "time" else num_mel_bins
     low = min(cfg.min_fraction, cfg.swap_fraction) if cfg.swap_prob > 0 else cfg.min_fraction
     high = max(cfg.max_fraction, cfg.swap_fraction) if cfg.swap_prob > 0 else cfg.max_fraction
     return low, min(1.0, high + h * w / (num_frames * num_mel_bins))
@@ -168,9 +199,10 @@ def _rand(shape, generator, device) -> torch.Tensor:
 def _draw_blocks(n: int, grid: tuple[int, int], units: tuple[int, int], cfg: MaskingConfig, generator, device):
     """``n`` x ``K`` blocks as cell-index corners ``(r0, r1, c0, c1)``, each ``(n, K)`` int64, ends exclusive."""
     gT, gF = grid
+    corners = _corner_cells(grid, cfg.block_bounds)
     u = _rand((4, n, BLOCKS_PER_ROUND), generator, device)  # (4, n, K)
-    r0 = (u[0] * gT).long()
-    c0 = (u[1] * gF).long()
+    r0 = (u[0] * corners[0]).long()
+    c0 = (u[1] * corners[1]).long()
     h = 1 + (u[2] * units[0]).long()
     w = 1 + (u[3] * units[1]).long()
     if cfg.shape == "time":
@@ -275,10 +307,20 @@ def _cover(n: int, targets: torch.Tensor, grid, units, row_w, col_w, cfg: Maskin
     raise RuntimeError("group_mask: the targets were not reached after many rounds; check the MaskingConfig")
 
 
-def _donors(batch: int, generator, device) -> torch.Tensor:
-    # Shift every index by 1 .. B-1 (mod B): a uniformly random *other* clip, never the clip itself.
-    shift = 1 + (_rand((batch,), generator, device) * (batch - 1)).long()
-    return (torch.arange(batch, device=device) + shift) % batch
+def _donors(rows: int, views: int, mode: str, generator, device) -> torch.Tensor:
+    """A donor row for each of ``rows = views * B`` view-major rows, from the same view's ``B`` rows.
+
+    ``"other_clip"``: shift the clip index by 1 .. B-1 (mod B), a uniformly random other clip;
+    ``"any"``: a uniformly random clip of the view, the clip itself included (released).
+    """
+    batch = rows // views
+    u = _rand((rows,), generator, device)
+    clip = torch.arange(rows, device=device) % batch
+    if mode == "any":
+        pick = (u * batch).long().clamp_max(batch - 1)
+    else:
+        pick = (clip + 1 + (u * (batch - 1)).long()) % batch
+    return torch.arange(rows, device=device) - clip + pick
 
 
 @torch.no_grad()
@@ -287,21 +329,25 @@ def group_mask(
     cfg: MaskingConfig | None = None,
     generator: torch.Generator | None = None,
     sync_free: bool | None = None,
+    views: int = 1,
 ):
     """Group-mask a batch of spectrograms on its own device.
 
     Args:
-        x: ``(B, 1, T, F)`` normalised spectrograms (the clean view; not modified).
+        x: ``(V*B, 1, T, F)`` normalised spectrograms (the clean views; not modified), view-major:
+            rows ``v*B .. (v+1)*B - 1`` hold view ``v`` of every clip.
         cfg: masking settings (default :class:`MaskingConfig`).
         generator: optional ``torch.Generator``; the same seed gives the same masks. Random numbers
             are drawn on the generator's device (CPU by default) and moved to ``x.device``.
+        views: ``V``; a swapped row takes its pixels from a row of the same view (as released,
+            where each view's batch is corrupted on its own).
 
     Returns:
         ``(corrupted, mask)``: ``corrupted`` ``(B, 1, T, F)`` like ``x`` with the masked pixels
         replaced, ``mask`` ``(B, 1, T, F)`` bool, True where corrupted.
 
-    With ``corruption="swap"`` (or ``swap_prob > 0``) and a batch of one, there is no other clip to
-    copy from: those samples fall back to zeros, with a warning.
+    With ``corruption="swap"`` (or ``swap_prob > 0``), ``donor="other_clip"`` and one clip per
+    view, there is no other clip to copy from: those samples fall back to zeros, with a warning.
 
     ``sync_free`` (default: on any device but the CPU) draws a fixed number of block rounds so the
     host never waits for the device; on the CPU the loop stops as soon as every sample is covered.
@@ -310,10 +356,12 @@ def group_mask(
     if x.dim() != 4:
         raise ValueError(f"group_mask expects (B, C, T, F), got {tuple(x.shape)}")
     B, _, T, F = x.shape
+    if views < 1 or B % views:
+        raise ValueError(f"group_mask: {B} rows do not split into {views} views")
     device = x.device
     c = cfg.cell
     grid = (math.ceil(T / c), math.ceil(F / c))
-    units = (_max_units(cfg.max_block[0], T, c), _max_units(cfg.max_block[1], F, c))
+    units = (_max_units(cfg.max_block[0], T, c, cfg.block_bounds), _max_units(cfg.max_block[1], F, c, cfg.block_bounds))
     # Pixels per cell row / column: c, less on the last one when T or F is not a multiple of c.
     row_w = (torch.clamp(T - torch.arange(grid[0], device=device) * c, max=c)).long()  # (gT,)
     col_w = (torch.clamp(F - torch.arange(grid[1], device=device) * c, max=c)).long()  # (gF,)
@@ -330,7 +378,7 @@ def group_mask(
 
     may_swap = cfg.corruption == "swap" or cfg.swap_prob > 0  # decided on the host: no device sync
     swap = route | torch.tensor(cfg.corruption == "swap", device=device)  # (B,)
-    if B == 1 and may_swap:
+    if B // views == 1 and may_swap and cfg.donor == "other_clip":
         warnings.warn("group_mask: swap corruption needs a batch of at least 2 clips; using zeros for this batch", stacklevel=2)
         swap = torch.zeros_like(swap)
         may_swap = False
@@ -340,27 +388,30 @@ def group_mask(
     else:
         fill = torch.zeros((), dtype=x.dtype, device=device)
     if may_swap:
-        donor = x[_donors(B, generator, device)]  # (B, C, T, F)
+        donor = x[_donors(B, views, cfg.donor, generator, device)]  # (B, C, T, F)
         fill = torch.where(swap[:, None, None, None], donor, fill)
     corrupted = torch.where(mask, fill, x)
     return corrupted, mask.contiguous()
 
 
 @torch.no_grad()
-def reference_group_mask_loop(x: torch.Tensor, cfg: MaskingConfig | None = None, generator: torch.Generator | None = None):
+def reference_group_mask_loop(
+    x: torch.Tensor, cfg: MaskingConfig | None = None, generator: torch.Generator | None = None, views: int = 1
+):
     """The released algorithm, one sample and one block at a time (SLOW REFERENCE, not for training).
 
     Follows ``GMML_drop_rand_patches`` of the released code: draw a block, paint it, recount the
     mask, repeat until the target is reached; then the same corruptions as :func:`group_mask`
-    (with the released bugs fixed: the donor is never the clip itself, noise is in normalised
-    units). Kept for the notebooks' side-by-side comparison and for :mod:`asit.bench`.
+    (noise is in normalised units; the donor follows ``cfg.donor``). Kept for the notebooks'
+    side-by-side comparison and for :mod:`asit.bench`.
     Same signature and outputs as :func:`group_mask`; not bit-identical to it for a given seed.
     """
     cfg = cfg or MaskingConfig()
     B, C, T, F = x.shape
     c = cfg.cell
-    gT, gF = math.ceil(T / c), math.ceil(F / c)
-    uh, uw = _max_units(cfg.max_block[0], T, c), _max_units(cfg.max_block[1], F, c)
+    gT, gF = _corner_cells((math.ceil(T / c), math.ceil(F / c)), cfg.block_bounds)
+    uh, uw = _max_units(cfg.max_block[0], T, c, cfg.block_bounds), _max_units(cfg.max_block[1], F, c, cfg.block_bounds)
+    per_view = B // views
 
     def randint(low: int, high: int) -> int:  # inclusive bounds
         return int(torch.randint(low, high + 1, (1,), generator=generator).item())
@@ -374,9 +425,11 @@ def reference_group_mask_loop(x: torch.Tensor, cfg: MaskingConfig | None = None,
         swap = uniform() < cfg.swap_prob
         fraction = cfg.swap_fraction if swap else cfg.min_fraction + (cfg.max_fraction - cfg.min_fraction) * uniform()
         swap = swap or cfg.corruption == "swap"
-        donor = None
-        if swap and B > 1:
-            donor = (i + randint(1, B - 1)) % B
+        donor, first = None, i - i % per_view  # the first row of this sample's view
+        if swap and cfg.donor == "any":
+            donor = first + randint(0, per_view - 1)
+        elif swap and per_view > 1:
+            donor = first + (i - first + randint(1, per_view - 1)) % per_view
         elif swap:
             warnings.warn("reference_group_mask_loop: swap needs a batch of at least 2; using zeros", stacklevel=2)
         target = fraction * T * F

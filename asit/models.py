@@ -22,7 +22,8 @@ API
 - ``ASiT(encoder, projection, reconstruction=None)``; ``forward(x, return_reconstruction=True) -> ASiTOutput``
   with ``global_out (B, Cg)``, ``local_out (B, N, Cl)``, ``reconstruction (B, 1, T, F) | None``,
   ``tokens (B, 1+N, D)``.
-- ``build_asit(size="base", num_frames=592, global_dim=8192, local_dim=1024, drop_path_rate=0.1, with_reconstruction=True, **kwargs) -> ASiT``
+- ``build_asit(size="base", num_frames=592, global_dim=8192, local_dim=1024, drop_path_rate=0.1,
+  with_reconstruction=True, reconstruction_hidden_dim=768, cls_token_std=0.02, ..., **kwargs) -> ASiT``
 - ``save_encoder(encoder, directory, extra=None, *, stats=None, sample_rate=16000) -> Path``
 - ``load_encoder(path, num_frames=None, num_classes=0, **kwargs) -> VisionTransformer`` (config on
   ``encoder.asit_config``)
@@ -40,7 +41,7 @@ from typing import Any, NamedTuple
 import timm
 import torch
 from safetensors.torch import save as save_safetensors
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
@@ -69,6 +70,8 @@ __all__ = [
 
 PRETRAIN_FRAMES = 592  # 6 s crops at a 10 ms hop: a 37 x 8 grid of 16 x 16 patches, 296 tokens
 PATCH_SIZE = 16
+RELEASED_RECONSTRUCTION_WIDTH = 768  # the released RECHead's MLP width, whatever the encoder's
+RELEASED_CLS_TOKEN_STD = 0.02  # the released class-token init (truncated normal); timm's is 1e-6
 # size -> (embed_dim, depth, num_heads), as in the released vision_transformer.py (+ timm's tiny)
 SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
 
@@ -313,17 +316,41 @@ def build_asit(
     local_dim: int = 1024,
     drop_path_rate: float = 0.1,
     with_reconstruction: bool = True,
+    reconstruction_hidden_dim: int = RELEASED_RECONSTRUCTION_WIDTH,
+    cls_token_std: float | None = RELEASED_CLS_TOKEN_STD,
+    head_hidden_dim: int = 2048,
+    head_bottleneck_dim: int = 256,
+    imagenet_weights: str | Path = "",
     **kwargs,
 ) -> ASiT:
     """A fresh ASiT student: encoder of ``size``, projection head, reconstruction head.
 
-    ``local_dim`` 1024 is the earlier revision, 8192 the later; ``kwargs`` go to :func:`create_encoder`.
+    ``local_dim`` 1024 is the earlier revision, 8192 the later. ``reconstruction_hidden_dim``:
+    the reconstruction MLP's width, 768 whatever the encoder as released; 0 = the encoder's
+    width (our option: a ViT-S / ViT-Ti head in proportion to its encoder). ``cls_token_std``:
+    the class token's truncated-normal init, 0.02 as released; ``None`` keeps timm's (std 1e-6).
+    ``imagenet_weights``: a state-dict file of an ImageNet ViT of the same width to start the
+    encoder from (the later revision's option, :func:`init_from_imagenet_vit`); "" = random init.
+    ``kwargs`` go to :func:`create_encoder`.
     """
     encoder = create_encoder(size, num_frames=num_frames, drop_path_rate=drop_path_rate, **kwargs)
-    projection = ProjectionHead(encoder.embed_dim, global_dim=global_dim, local_dim=local_dim)
+    if cls_token_std is not None:
+        trunc_normal_(encoder.cls_token, std=cls_token_std)
+    if imagenet_weights:
+        missing, _ = init_from_imagenet_vit(encoder, torch.load(imagenet_weights, map_location="cpu", weights_only=True))
+        if missing:
+            raise ValueError(f"{imagenet_weights}: the ImageNet ViT lacks {len(missing)} encoder tensors, e.g. {missing[:3]}")
+    projection = ProjectionHead(
+        encoder.embed_dim, hidden_dim=head_hidden_dim, bottleneck_dim=head_bottleneck_dim, global_dim=global_dim, local_dim=local_dim
+    )
     reconstruction = None
     if with_reconstruction:
-        reconstruction = ReconstructionHead(encoder.embed_dim, patch_size=encoder.patch_embed.patch_size[0], in_chans=1)
+        reconstruction = ReconstructionHead(
+            encoder.embed_dim,
+            patch_size=encoder.patch_embed.patch_size[0],
+            in_chans=1,
+            hidden_dim=reconstruction_hidden_dim or encoder.embed_dim,
+        )
     return ASiT(encoder, projection, reconstruction)
 
 
@@ -371,11 +398,17 @@ def save_encoder(
 ) -> Path:
     """Write ``model.safetensors`` (timm key names) and ``config.json`` into ``directory``.
 
-    The config names the architecture and input size, the fbank settings and normalisation
-    statistics the encoder expects, the asit version, and everything in ``extra`` (e.g. the
-    pretraining preset and epoch). Returns the directory. An encoder with a NaN or infinite weight
-    is refused (:class:`NonFiniteWeightsError`): nothing is written.
+    The folder is what timm reads from a model hub or a local directory: ``config.json`` has
+    timm's ``architecture``, ``num_classes``, ``model_args`` and ``pretrained_cfg`` (written by
+    timm's own ``save_config_for_hf``), so after ``import asit`` (which registers the
+    architectures) ``timm.create_model("local-dir:" + directory, pretrained=True)`` builds and
+    loads it. Beside timm's keys it names the input size and shape, the fbank settings and
+    normalisation statistics the encoder expects, the asit version, and everything in ``extra``
+    (e.g. the pretraining preset and epoch). Returns the directory. An encoder with a NaN or infinite
+    weight is refused (:class:`NonFiniteWeightsError`): nothing is written.
     """
+    from timm.models._hub import save_config_for_hf
+
     from asit import __version__
 
     directory = Path(directory)
@@ -384,19 +417,16 @@ def save_encoder(
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_write(directory / "model.safetensors") as handle:  # a full disk: DiskFullError, old file kept
         handle.write(save_safetensors(state, metadata={"format": "pt"}))
-    config = {
-        "architecture": _architecture(encoder),
-        "img_size": list(encoder.patch_embed.img_size),
+    img_size = list(encoder.patch_embed.img_size)
+    shape = {"embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.blocks[0].attn.num_heads}
+    asit_fields = {
+        "img_size": img_size,
         "patch_size": list(encoder.patch_embed.patch_size),
         "in_chans": int(encoder.patch_embed.proj.in_channels),
-        "embed_dim": encoder.embed_dim,
-        "depth": len(encoder.blocks),
-        "num_heads": encoder.blocks[0].attn.num_heads,
-        "num_classes": encoder.num_classes,
-        "global_pool": encoder.global_pool,
+        **shape,
         "fbank": {
             "sample_rate": sample_rate,
-            "num_mel_bins": int(encoder.patch_embed.img_size[1]),
+            "num_mel_bins": int(img_size[1]),
             "frame_shift_ms": FRAME_SHIFT_MS,
             "frame_length_ms": FRAME_LENGTH_MS,
         },
@@ -404,8 +434,13 @@ def save_encoder(
         "asit_version": __version__,
         **(extra or {}),
     }
-    with atomic_write(directory / "config.json", "w") as handle:
-        handle.write(json.dumps(config, indent=2) + "\n")
+    save_config_for_hf(
+        encoder,
+        str(directory / "config.json"),
+        model_config=asit_fields,
+        model_args={**shape, "img_size": img_size, "in_chans": asit_fields["in_chans"]},
+        data_config={"input_size": (asit_fields["in_chans"], *img_size)},
+    )
     return directory
 
 

@@ -4,8 +4,9 @@
     python -m asit.predict clip.wav --checkpoint results/ks2/official__paper/classifier --top-k 3
 
 The checkpoint is a classifier written by :mod:`asit.finetune` (a folder with
-``model.safetensors`` + ``config.json``, or that safetensors file); a pretrained encoder alone has
-no classes and is refused with a message saying so.
+``model.safetensors`` + ``config.json``, or that safetensors file), or its ONNX export
+(``python -m asit.export``, run in onnxruntime on CPU); a pretrained encoder alone has no classes
+and is refused with a message saying so.
 
 Any file of any length and sample rate: it is read as mono, resampled to the model's rate and its
 mean removed (the reference front end, :mod:`asit.audio`). A clip shorter than the model's input
@@ -24,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from asit.audio import AudioError, NormStats, check_fbank, display_path, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
+from asit.audio import AudioError, NormStats, display_path, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
 from asit.classifier import load_classifier
 from asit.features import FbankFrontend
 
@@ -34,7 +35,16 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu", batch_size: int = 16):
         self.device = torch.device(device)
-        self.model, self.config = load_classifier(checkpoint, self.device)
+        self.onnx = None
+        if str(checkpoint).endswith(".onnx"):  # an export of python -m asit.export: front end inside, onnxruntime on CPU
+            from asit.export import OnnxModel
+
+            self.onnx = OnnxModel(checkpoint)
+            if self.onnx.kind != "classifier":
+                raise ValueError(f"{checkpoint} is an exported encoder: it has no classes; export a fine-tuned classifier")
+            self.config = self.onnx.config
+        else:
+            self.model, self.config = load_classifier(checkpoint, self.device)
         self.classes: list[str] = list(self.config["classes"])
         self.multilabel: bool = bool(self.config["multilabel"])
         self.sample_rate: int = int(self.config["sample_rate"])
@@ -65,12 +75,16 @@ class Predictor:
         total = torch.zeros(len(self.classes))
         for start in range(0, len(waves), self.batch_size):
             batch = waves[start : start + self.batch_size].to(self.device)
-            spec = self.frontend(batch, lengths[start : start + self.batch_size].to(self.device))  # (W, 1, T, F)
-            check_fbank(spec, path)  # what the model would see: never score NaN
-            logits = self.model(spec).float()
+            logits = self.logits(batch, lengths[start : start + self.batch_size].to(self.device))
             probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
             total += probs.sum(dim=0).cpu()
         return total / len(waves)
+
+    def logits(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``(W, C)`` logits of windows ``(W, S)`` with valid lengths ``(W,)``, in PyTorch or onnxruntime."""
+        if self.onnx is not None:
+            return torch.from_numpy(self.onnx.run(waves.cpu().numpy(), lengths.cpu().numpy())).float()
+        return self.model(self.frontend(waves, lengths)).float()  # frontend: (W, 1, T, F)
 
     def top_k(self, path: str | Path, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` best ``(label, score)`` pairs of one file, best first."""
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "scored in windows of the model's input length, and the scores averaged.",
     )
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, ogg; any rate, any length)")
-    parser.add_argument("--checkpoint", required=True, help="a classifier folder written by asit.finetune (model.safetensors + config.json)")
+    parser.add_argument("--checkpoint", required=True, help="a classifier folder written by asit.finetune (model.safetensors + config.json), or its .onnx export")
     parser.add_argument("--top-k", type=int, default=5, help="labels to print per file")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

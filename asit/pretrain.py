@@ -141,6 +141,7 @@ def build_pretraining_data(cfg: PretrainConfig) -> Dataset:
         random_crop=True,
         roll_prob=cfg.roll_prob,
         num_views=cfg.num_global_views,
+        roll_once=cfg.roll_once,
         sample_rate=cfg.sample_rate,
     )
     if cfg.max_clips and cfg.max_clips < len(dataset):
@@ -564,9 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ASiT self-supervised pretraining (GMML reconstruction + local and global self-distillation).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default="cpu", choices=PRESETS,
+    parser.add_argument("--preset", default="cpu", choices=(*PRESETS, "paper_v2"),
                         help="starting settings: smoke (tests, seconds), cpu (laptop, minutes), gpu (Colab T4, ~1 h), "
-                             "paper (ViT-B, AudioSet-2M, the authors' hyper-parameters)")
+                             "paper (ViT-B, AudioSet-2M, the authors' released code), paper_v2 (its later revision)")
     parser.add_argument("--config", default=None, help="a config.json from an earlier run (replaces the preset)")
     parser.add_argument("--set", dest="assignments", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a PretrainConfig field, e.g. --set base_lr=2e-4 --set masking.max_fraction=0.5; "

@@ -150,7 +150,7 @@ def test_fine_tuning_on_the_bad_esc50_set_scores_each_good_clip_once_and_keeps_i
     import errno
     import warnings
 
-    from asit import classifier
+    from asit import models
     from asit.atomic import DiskFullError
     from asit.finetune import finetune
     from asit.tasks import get_task
@@ -161,7 +161,7 @@ def test_fine_tuning_on_the_bad_esc50_set_scores_each_good_clip_once_and_keeps_i
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(classifier, "save_safetensors", no_space)
+    monkeypatch.setattr(models, "save_safetensors", no_space)  # the classifier's weights (written by save_encoder)
     task = get_task("esc50", "smoke", max_train_items=None, max_eval_items=None)  # fold 1: 6 test clips, 3 bad
     with warnings.catch_warnings(), pytest.raises(DiskFullError, match="no space left in .*classifier"):
         warnings.simplefilter("ignore", UserWarning)  # 3 of the 50 classes

@@ -310,6 +310,8 @@ class AudioDataset(Dataset):
         roll_prob: probability of a random circular roll in time before cropping (ASiT's
             pretraining views use 0.5).
         num_views: V > 1 returns V independent rolls / crops of the same clip: ``wave`` (V, S).
+        roll_once: roll the clip once and cut all V crops from that roll (the released ASiT code)
+            instead of rolling each view on its own.
         max_seconds: longer files are skipped (passed to ``load_audio``).
         check_files: read every header at construction and drop bad files up front.
         seed: mixed into the random generator (see :meth:`generator`).
@@ -338,6 +340,7 @@ class AudioDataset(Dataset):
         random_crop: bool = False,
         roll_prob: float = 0.0,
         num_views: int = 1,
+        roll_once: bool = False,
         max_seconds: float | None = MAX_SECONDS,
         check_files: bool = True,
         seed: int | None = None,
@@ -360,6 +363,7 @@ class AudioDataset(Dataset):
         self.random_crop = random_crop
         self.roll_prob = roll_prob
         self.num_views = num_views
+        self.roll_once = roll_once
         self.max_seconds = max_seconds
         self.seed = seed
         self.replace_bad = replace_bad
@@ -483,13 +487,20 @@ class AudioDataset(Dataset):
             return multi_hot
         return torch.tensor(target, dtype=torch.int64)
 
-    def _view(self, wave: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """One roll / crop of a whole clip: ``(S,)`` and its valid length."""
-        hop = hop_length(self.sample_rate)
-        total = wave.numel()
+    def _roll(self, wave: torch.Tensor) -> torch.Tensor:
+        """With probability ``roll_prob``, a circular roll of the whole clip by a random number of hops."""
+        hop, total = hop_length(self.sample_rate), wave.numel()
         if self.roll_prob > 0 and torch.rand((), generator=self.generator()).item() < self.roll_prob:
             # Whole hops, so frames away from the seam stay on the clip's frame grid.
             wave = torch.roll(wave, hop * (self._randint(2 * (total // hop) + 1) - total // hop))
+        return wave
+
+    def _view(self, wave: torch.Tensor, roll: bool = True) -> tuple[torch.Tensor, int]:
+        """One roll / crop of a whole clip: ``(S,)`` and its valid length."""
+        hop = hop_length(self.sample_rate)
+        total = wave.numel()
+        if roll:
+            wave = self._roll(wave)
         size = self.num_samples
         if size is None:
             return wave, total
@@ -542,7 +553,9 @@ class AudioDataset(Dataset):
             i, (wave, found) = index, self._load_or_mark(index)
             if wave is None:
                 return self._placeholder(i, found)
-        views = [self._view(wave) for _ in range(self.num_views)]
+        if self.roll_once:  # one roll, then every crop from it
+            wave = self._roll(wave)
+        views = [self._view(wave, roll=not self.roll_once) for _ in range(self.num_views)]
         if self.num_views == 1:
             wave_out, length = views[0]
         else:
