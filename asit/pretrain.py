@@ -208,7 +208,8 @@ def load_training_state(state: TrainState, saved: dict) -> None:
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scaler.load_state_dict(saved["scaler"])
     state.criterion.load_state_dict(saved["losses"])
-    state.mask_generator.set_state(saved["mask_generator"])
+    if saved["mask_generator"].numel() == state.mask_generator.get_state().numel():  # a CUDA generator's state
+        state.mask_generator.set_state(saved["mask_generator"])  # does not fit a CPU one; every step reseeds it anyway
     _set_rng_state(saved["rng"])
 
 
