@@ -16,6 +16,7 @@ problem; data sets catch it, count the file as skipped and say why.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +40,37 @@ MIN_SECONDS = FRAME_LENGTH_MS / 1000
 # file in a training set is far more likely a mistake than data, and would stall a worker.
 MAX_SECONDS = 600.0
 
+# Audio is read as float in [-1, 1] (full scale). A float file far louder than that (3e29 has been
+# seen) makes every later number absurd: its filterbank overflows float32 to inf from about 1e16
+# (a 400-sample frame's power spectrum passes 3.4e38), and louder than 1e3 is 60 dB over full
+# scale, no recording level at all but a writer that forgot to scale (or garbage).
+MAX_ABS_SAMPLE = 1e3
+
 _TRUNCATED_WAV = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` as printable text: bytes of a non-UTF-8 name (which Python keeps as lone
+    surrogates) appear as ``\\xe9`` escapes instead of failing every ``print`` and log line."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _soundfile_source(path: Path):
+    """What to give soundfile: the path, or an open file when the name is not UTF-8 (soundfile
+    encodes names as UTF-8 and fails on such a name, although the file opens fine)."""
+    try:
+        str(path).encode("utf-8")
+        return str(path)
+    except UnicodeEncodeError:
+        return open(path, "rb")
+
+
 class AudioError(ValueError):
-    """A file that cannot be used as audio. ``str(err)`` is ``"<path>: <problem>"``."""
+    """A file that cannot be used as audio. ``str(err)`` is ``"<path>: <problem>"`` (the path
+    printable, see :func:`display_path`); ``err.path`` is the path itself."""
 
     def __init__(self, path: str | Path, problem: str):
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{display_path(path)}: {problem}")
         self.path = str(path)
         self.problem = problem
 
@@ -114,7 +138,7 @@ def window_starts(num_samples: int, window: int, hop: int, overlap: float = 0.5)
 
 def _read_header(path: Path) -> sf._SoundFileInfo:
     if not path.exists():
-        raise AudioError(path, "file does not exist")
+        raise AudioError(path, "is a broken symbolic link" if path.is_symlink() else "file does not exist")
     if path.is_dir():
         raise AudioError(path, "is a directory, not an audio file")
     try:
@@ -126,10 +150,14 @@ def _read_header(path: Path) -> sf._SoundFileInfo:
         raise AudioError(path, f"cannot be opened ({err.strerror})") from None
     if path.stat().st_size == 0:
         raise AudioError(path, "is empty (0 bytes)")
+    source = _soundfile_source(path)
     try:
-        return sf.info(str(path))
+        return sf.info(source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"is not a readable audio file ({err})") from None
+    finally:
+        if not isinstance(source, str):
+            source.close()
 
 
 def check_audio(
@@ -180,19 +208,43 @@ def load_audio(
     """
     path = Path(path)
     check_audio(path, min_seconds=min_seconds, max_seconds=max_seconds)
+    source = _soundfile_source(path)
     try:
-        data, source_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
+        data, source_rate = sf.read(source, dtype="float32", always_2d=True)  # (frames, channels)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioError(path, f"cannot be decoded, probably truncated or corrupt ({err})") from None
+    finally:
+        if not isinstance(source, str):
+            source.close()
     if data.shape[0] == 0:
         raise AudioError(path, "contains no samples")
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise AudioError(path, f"contains {bad} NaN or infinite sample(s)")
+    check_samples(data, path)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if source_rate != sample_rate:
         mono = resample(mono, source_rate, sample_rate)
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+
+
+def check_samples(data: np.ndarray, path: str | Path) -> None:
+    """Raise :class:`AudioError` for NaN / infinite samples or samples beyond ``MAX_ABS_SAMPLE``."""
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise AudioError(path, f"contains {bad} NaN or infinite sample(s)")
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            path, f"has absurd sample values (peak {peak:.3g}; audio is read in [-1, 1], the limit is "
+            f"{MAX_ABS_SAMPLE:g}): its filterbank would be meaningless or overflow to inf"
+        )
+
+
+def check_fbank(fbank: torch.Tensor, path: str | Path) -> torch.Tensor:
+    """``fbank`` itself, or :class:`AudioError` naming ``path`` when a value is NaN or infinite:
+    the last check before a model sees a clip (the samples can be finite and the fbank not)."""
+    bad = ~torch.isfinite(fbank)
+    if bad.any():
+        raise AudioError(path, f"gives a filterbank with {int(bad.sum())} NaN or infinite value(s)")
+    return fbank
 
 
 def resample(wave: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -273,7 +325,7 @@ def clip_fbank(
     wave = prepare_wave(load_audio(path, sample_rate))
     if padding == "waveform" and num_frames is not None:
         wave = torch.nn.functional.pad(wave, (0, max(0, samples_for_frames(num_frames, sample_rate) - wave.numel())))
-    fbank = kaldi_fbank(wave, sample_rate, num_mel_bins)
+    fbank = check_fbank(kaldi_fbank(wave, sample_rate, num_mel_bins), path)
     if num_frames is not None:
         fbank = pad_or_crop(fbank, num_frames)
     return normalize(fbank, stats)
@@ -292,6 +344,8 @@ def compute_norm_stats(fbanks: Iterable[torch.Tensor]) -> NormStats:
         total_sq += values.square().sum().item()
     if count == 0:
         raise ValueError("compute_norm_stats got no fbank values")
+    if not (math.isfinite(total) and math.isfinite(total_sq)):
+        raise ValueError("compute_norm_stats got NaN or infinite fbank values: check the fbanks with check_fbank first")
     mean = total / count
     var = max(total_sq / count - mean * mean, 0.0)
     return NormStats(mean=float(mean), std=float(math.sqrt(var)) or 1.0)

@@ -8,7 +8,9 @@ Layout of a run directory (see ``asit/README.md``)::
 Every write goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
 renamed over the target with ``os.replace`` (atomic on POSIX and Windows). A crash or a kill at
 any moment leaves either the old file or the new one, never half a file; a stray
-``.*.tmp-*`` file from a killed writer is ignored by :func:`find_latest`.
+``.*.tmp-*`` file from a killed writer is ignored by :func:`find_latest` and removed by the next
+save. Should ``checkpoint.pth`` be damaged all the same (a copy cut short, a disk error),
+:func:`load_latest_checkpoint` falls back to the newest intact numbered one, with a warning.
 
 Each checkpoint carries the run's config (a JSON-ready dict), the package version and the torch
 version. Everything inside is made of tensors and plain Python values (the NumPy RNG state is
@@ -25,13 +27,14 @@ import dataclasses
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
 import asit
-from asit.atomic import atomic_write, fsync_dir
+from asit.atomic import atomic_write, fsync_dir, remove_stale_temporaries
 
 LATEST = "checkpoint.pth"
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
@@ -106,6 +109,8 @@ def save_checkpoint(
         the path of ``checkpoint.pth``.
     """
     run_dir = Path(run_dir)
+    # A writer killed mid-save left its temporary behind (of a numbered file too): gone now.
+    remove_stale_temporaries(run_dir, lambda name: name == LATEST or _NUMBERED.match(name) is not None)
     payload = dict(state)
     payload["config"] = _config_dict(config)
     payload["asit_version"] = asit.__version__
@@ -161,6 +166,22 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, not a checkpoint); names an intact
+    numbered checkpoint beside it when there is one."""
+
+    def __init__(self, path: str | Path, error: BaseException | str):
+        self.path, self.error = Path(path), error
+        others = [p for _, p in numbered_checkpoints(self.path.parent) if p != self.path]
+        hint = (f"; {others[-1].name} beside it may be intact: load it, or resume, which falls back to it"
+                if others else "")
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(f"cannot read checkpoint {self.path}: {first_line}{hint}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, str(self.error)))
+
+
 def load_checkpoint(
     path: str | Path,
     expected_config: Any = None,
@@ -183,7 +204,7 @@ def load_checkpoint(
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised below with the file's name
         if not trusted or isinstance(err, (FileNotFoundError, EOFError)):
-            raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+            raise UnreadableCheckpoint(path, err) from err
         state = torch.load(path, map_location=map_location, weights_only=False)
     if expected_config is not None:
         differ = config_mismatches(state.get("config", {}), _config_dict(expected_config), may_change)
@@ -192,9 +213,38 @@ def load_checkpoint(
     return state
 
 
+def load_latest_checkpoint(run_dir: str | Path, expected_config: Any = None, may_change: Iterable[str] = (),
+                           map_location: str | torch.device = "cpu", trusted: bool = False) -> tuple[Path, dict] | None:
+    """The newest checkpoint of ``run_dir`` that can be read, as ``(path, state)``; None if there is none.
+
+    Tries ``checkpoint.pth``, then the numbered checkpoints newest first. A damaged file is passed
+    over with a warning naming it and the one used instead; when none can be read, an
+    :class:`UnreadableCheckpoint` names every one tried. A readable checkpoint from another config
+    raises :class:`CheckpointMismatch` as :func:`load_checkpoint` does (no fallback hides it).
+    """
+    run_dir = Path(run_dir)
+    candidates = ([run_dir / LATEST] if (run_dir / LATEST).is_file() else []) + [p for _, p in reversed(numbered_checkpoints(run_dir))]
+    failures = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, expected_config, may_change, map_location, trusted)
+        except UnreadableCheckpoint as err:
+            failures.append(err)
+            continue
+        if failures:
+            warnings.warn(f"{'; '.join(str(f) for f in failures)}. Resuming from {path} (epoch {state.get('epoch', '?')}) instead",
+                          stacklevel=2)
+        return path, state
+    if failures:
+        raise UnreadableCheckpoint(run_dir, "no checkpoint in it can be read: " + "; ".join(str(f) for f in failures))
+    return None
+
+
 __all__ = [
     "LATEST",
     "CheckpointMismatch",
+    "UnreadableCheckpoint",
+    "load_latest_checkpoint",
     "atomic_save",
     "save_checkpoint",
     "load_checkpoint",

@@ -137,8 +137,8 @@ class PretrainConfig:
     # windows of num_frames, class tokens averaged (short pretraining crops see the whole 5 s event)
     knn_k: int = 20  # neighbours (DINO's 20)
     knn_temperature: float = 0.07  # weight exp(sim / T) (DINO's 0.07)
-    nan_policy: str = "stop"  # non-finite loss: "stop" (keep the last good checkpoint, say where) or
-    # "skip" (drop the step, count it)
+    nan_policy: str = "stop"  # non-finite loss or weights: "stop" (keep the last good checkpoint, say
+    # where) or "skip" (undo the step, count it; more than asit.training.MAX_SKIPPED_SHARE skipped fails the run)
     log_every: int = 10  # steps between progress-bar updates (each is one host-device sync)
 
     # ---------------------------------------------------------------- helpers

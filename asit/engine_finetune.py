@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from asit.augment import BackgroundNoise, SpecAugment, mixup
 from asit.classifier import AudioClassifier
+from asit.datasets.base import good_rows
 from asit.fbank_cache import spectrograms, valid_frames
 from asit.features import FbankFrontend, padding_value
 from asit.metrics import classification_metrics
@@ -183,9 +184,13 @@ def evaluate(
     of that many frames (:func:`asit.windows.windowed_mean`), as :mod:`asit.predict` scores a file.
     ``amp_dtype``: the autocast dtype (:func:`asit.training.resolve_amp`; None: full precision).
 
+    Each good clip is scored once: the placeholder of a bad clip (``valid`` False, a data set read
+    with ``replace_bad=False``) is dropped, and its file is listed in ``skipped``.
+
     Returns:
         ``{"scores": (N, C) probabilities (softmax, or sigmoid if multilabel), "targets": (N,) class
-        indices or (N, C) multi-hot, "indices": (N,) clip indices in the data set, "metrics": dict}``.
+        indices or (N, C) multi-hot, "indices": (N,) clip indices in the data set, "metrics": dict,
+        "skipped": [(path, problem), ...]}``.
         ``scores.argmax(1)`` and ``targets`` feed :func:`asit.metrics.confusion_matrix`.
     """
     device = torch.device(device)
@@ -197,8 +202,12 @@ def evaluate(
     def score(spec: torch.Tensor) -> torch.Tensor:
         return _probabilities(model, spec, amp_dtype, multilabel)
 
-    scores, targets, indices = [], [], []
+    scores, targets, indices, skipped = [], [], [], []
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
+        skipped += list(batch.get("skipped", []))
+        batch = good_rows(batch)
+        if len(batch["index"]) == 0:
+            continue
         spec = spectrograms(batch, frontend)  # (B, 1, T, F), from waveforms or cached fbanks
         if window_frames is None:
             probs = score(spec)
@@ -208,6 +217,8 @@ def evaluate(
         scores.append(probs.cpu())
         targets.append(batch["target"])
         indices.append(batch["index"])
+    if not scores:
+        raise RuntimeError(f"{description}: every clip is a bad file, nothing to score (the first: {skipped[:1]})")
     scores_np = torch.cat(scores).numpy()
     targets_np = torch.cat(targets).numpy()
     return {
@@ -215,6 +226,7 @@ def evaluate(
         "targets": targets_np,
         "indices": torch.cat(indices).numpy(),
         "metrics": _metrics(scores_np, targets_np, multilabel, description),
+        "skipped": skipped,
     }
 
 

@@ -14,7 +14,10 @@ One step (:func:`train_step`), following the method reference and DINO's ``main_
 
 Nothing in the step waits for the device: losses stay tensors, a non-finite step is dropped by
 the gradient scaler's on-device check (exact at scale 1 in fp32/bf16) and counted by
-:class:`asit.training.NonFiniteSteps`; the host reads values only at log points.
+:class:`asit.training.NonFiniteSteps`; the host reads values only at log points. A step whose
+loss was finite but whose update left a NaN or infinite weight (an lr far too high) counts as
+non-finite too; under ``nan_policy="skip"`` :class:`asit.training.LastGoodState` puts the
+weights and optimiser state of before it back, so a skipped step changes nothing.
 
 Every random draw of a step is seeded from ``(seed, step, rank)`` (:func:`step_seed`), so a
 resumed run continues exactly as an uninterrupted one.
@@ -42,9 +45,11 @@ from asit.schedules import cosine_schedule
 from asit.teacher import ema_update_, make_teacher
 from asit.training import (
     DistInfo,
+    LastGoodState,
     NonFiniteSteps,
     all_reduce_mean,
     autocast,
+    parameters_finite,
     grad_scaler,
     param_groups,
     resolve_amp,
@@ -75,6 +80,7 @@ class TrainState:
     nonfinite: NonFiniteSteps
     dist: DistInfo = field(default_factory=DistInfo)
     mask_generator: torch.Generator | None = None
+    last_good: LastGoodState | None = None  # nan_policy="skip": the state a bad step is undone to
 
     @property
     def peak_lr(self) -> float:
@@ -183,6 +189,7 @@ def build_training(
     global_batch = cfg.batch_size * dist_info.world_size
     peak_lr = cfg.base_lr * global_batch / 256  # linear scaling rule
     amp_dtype = resolve_amp(cfg.amp, device)
+    optimizer = _adamw(student, peak_lr, device)
     return TrainState(
         cfg=cfg,
         device=device,
@@ -191,7 +198,7 @@ def build_training(
         teacher=teacher,
         frontend=FbankFrontend(cfg.num_frames, stats, sample_rate=cfg.sample_rate, padding=cfg.padding).to(device),
         criterion=build_criterion(cfg).to(device),
-        optimizer=_adamw(student, peak_lr, device),
+        optimizer=optimizer,
         scaler=grad_scaler(device, amp_dtype, always=True),  # scale 1 outside fp16: on-device skipping
         amp_dtype=amp_dtype,
         lr=cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs, end=cfg.schedule_end),
@@ -201,6 +208,7 @@ def build_training(
         nonfinite=NonFiniteSteps(device, cfg.nan_policy),
         dist=dist_info,
         mask_generator=torch.Generator(device=device),
+        last_good=LastGoodState(student, optimizer) if cfg.nan_policy == "skip" else None,
     )
 
 
@@ -300,7 +308,8 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
         it: global step (indexes the schedules, seeds the masks).
 
     Returns:
-        ``{"loss", "global", "local", "reconstruction", "finite"}`` as 0-d tensors (no host sync).
+        ``{"loss", "global", "local", "reconstruction", "finite"}`` as 0-d tensors (no host sync);
+        ``finite``: the loss and every weight after the step are finite.
     """
     cfg = state.cfg
     epoch = it // state.steps_per_epoch  # the losses' teacher-temperature schedule is per epoch (DINO)
@@ -315,13 +324,17 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
         losses = forward_losses(state, spec, corrupted, mask, epoch)
 
     total = losses.total
-    finite = torch.isfinite(total)
+    if state.last_good is not None:
+        state.last_good.snapshot()
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(total).backward()
     state.scaler.unscale_(state.optimizer)
     clip_gradients_(state.student, cfg.clip_grad, cfg.clip_mode)
     state.scaler.step(state.optimizer)  # skipped on device when a gradient is NaN / inf
     state.scaler.update()
+    finite = torch.isfinite(total) & parameters_finite(list(state.student.parameters()))
+    if state.last_good is not None:
+        state.last_good.restore_unless(finite)
 
     with torch.no_grad():
         # a dropped (non-finite) step must not move the loss centers either
@@ -389,20 +402,27 @@ def train_one_epoch(
 
 
 def epoch_means(state: TrainState, sums: torch.Tensor, epoch: int) -> dict[str, Any]:
-    """The epoch's log record: mean losses over finite steps (all processes), the schedules' values."""
+    """The epoch's log record: mean losses over finite steps (all processes; None when every step
+    was skipped), the schedules' values."""
     reduced = all_reduce_mean(sums, state.dist)
-    means = reduced[:-1] / reduced[-1].clamp_min(1e-12)
+    means = reduced[:-1] / reduced[-1] if float(reduced[-1]) > 0 else torch.full_like(reduced[:-1], float("nan"))
     last_it = (epoch + 1) * state.steps_per_epoch - 1
     global_loss = state.criterion.global_loss
     return {
         "epoch": epoch + 1,
-        "loss": float(means[0]),
-        **{f"loss_{name}": float(means[i + 1]) for i, name in enumerate(LOSS_NAMES)},
+        "loss": _number(means[0]),
+        **{f"loss_{name}": _number(means[i + 1]) for i, name in enumerate(LOSS_NAMES)},
         "lr": float(state.lr[last_it]),
         "wd": float(state.wd[last_it]),
         "momentum": float(state.momentum[last_it]),
         "teacher_temp": float(global_loss.teacher_temperature(epoch)) if global_loss is not None else None,
     }
+
+
+def _number(value: torch.Tensor) -> float | None:
+    """A float for the log, None for NaN (an epoch with no finite step has no mean loss)."""
+    value = float(value)
+    return None if value != value else value
 
 
 # ----------------------------------------------------------------------------- the k-NN monitor

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from asit.atomic import atomic_write
-from asit.audio import NUM_MEL_BINS, AudioError, hop_length, kaldi_fbank, window_length
+from asit.audio import NUM_MEL_BINS, AudioError, check_fbank, hop_length, kaldi_fbank, window_length
 from asit.features import FbankFrontend
 
 CACHE_VERSION = 1
@@ -40,7 +40,7 @@ def _fingerprint(dataset) -> str:
     for index, path in enumerate(dataset.paths):
         stat = os.stat(path)
         segment = dataset.segments.get(index) if getattr(dataset, "segments", None) else None
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{segment}\n".encode())
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{segment}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -52,6 +52,10 @@ class FbankCache:
     offsets: np.ndarray  # (N,) int64 first row of each clip; -1 for a clip that failed to load
     frames: np.ndarray  # (N,) int64 frame count of each clip
     fingerprint: str
+    problems: dict[int, str] | None = None  # clip -> why it failed to load (offset -1)
+
+    def problem(self, index: int) -> str:
+        return (self.problems or {}).get(int(index), "failed to load when the fbank cache was built")
 
     @property
     def values(self) -> np.ndarray:
@@ -67,9 +71,13 @@ class FbankCache:
         if index_file.exists():
             index = json.loads(index_file.read_text())
             if index.get("fingerprint") == fingerprint and (directory / "fbank.npy").exists():
-                return cls(directory, np.asarray(index["offsets"]), np.asarray(index["frames"]), fingerprint)
+                cache = cls(directory, np.asarray(index["offsets"]), np.asarray(index["frames"]), fingerprint,
+                            {int(k): v for k, v in index.get("problems", {}).items()})
+                for i in np.flatnonzero(cache.offsets < 0):  # a reused cache still counts its bad clips
+                    dataset.skipped.add(dataset.paths[i], cache.problem(i))
+                return cache
         directory.mkdir(parents=True, exist_ok=True)
-        fbanks, offsets, frames, total = [], [], [], 0
+        fbanks, offsets, frames, problems, total = [], [], [], {}, 0
         iterator = range(len(dataset))
         if progress:
             from tqdm.auto import tqdm
@@ -77,9 +85,10 @@ class FbankCache:
             iterator = tqdm(iterator, desc=f"caching fbanks of {getattr(dataset, 'name', 'dataset')}", leave=False)
         for i in iterator:
             try:
-                fbank = kaldi_fbank(dataset.load_clip(i), dataset.sample_rate)  # (T, F)
-            except AudioError as err:  # counted like any other bad file; the item is served from a neighbour
+                fbank = check_fbank(kaldi_fbank(dataset.load_clip(i), dataset.sample_rate), dataset.paths[i])  # (T, F)
+            except AudioError as err:  # counted like any other bad file; see CachedFbankDataset for its item
                 dataset.skipped.add(err.path, err.problem)
+                problems[i] = err.problem
                 offsets.append(-1)
                 frames.append(0)
                 continue
@@ -93,10 +102,11 @@ class FbankCache:
         with atomic_write(directory / "fbank.npy") as handle:
             np.save(handle, values)
         # The index is written last: a half-built cache never looks whole.
-        index = {"fingerprint": fingerprint, "offsets": offsets, "frames": frames, "clips": len(offsets), "rows": total}
+        index = {"fingerprint": fingerprint, "offsets": offsets, "frames": frames, "clips": len(offsets), "rows": total,
+                 "problems": {str(i): problem for i, problem in problems.items()}}
         with atomic_write(index_file, "w") as handle:
             handle.write(json.dumps(index))
-        return cls(directory, np.asarray(offsets), np.asarray(frames), fingerprint)
+        return cls(directory, np.asarray(offsets), np.asarray(frames), fingerprint, problems)
 
 
 class CachedFbankDataset(Dataset):
@@ -105,7 +115,10 @@ class CachedFbankDataset(Dataset):
     Crops, rolls and views follow ``dataset``'s options (``num_frames``, ``random_crop``,
     ``roll_prob``, ``num_views``) and use its random generator; ``num_frames=None`` serves whole
     clips (evaluation in windows). Items: ``fbank`` float32 ``(T, F)`` or ``(V, T, F)`` (raw
-    log-mel, zero-padded past the clip), ``frames`` (valid frames), ``target``, ``index``, ``skipped``.
+    log-mel, zero-padded past the clip), ``frames`` (valid frames), ``target``, ``index``, ``skipped``,
+    ``valid``. A clip that failed to load is replaced by the next good one, or, with the data set's
+    ``replace_bad=False`` (evaluation), served as a ``valid=False`` placeholder; either way it is
+    reported in ``skipped``.
     """
 
     def __init__(self, dataset, cache: FbankCache):
@@ -135,10 +148,14 @@ class CachedFbankDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if self._values is None:
             self._values = self.cache.values
+        skipped = []
         for step in range(len(self)):
             i = (index + step) % len(self)
             if self.cache.offsets[i] >= 0:
                 break
+            skipped.append((self.dataset.paths[i], self.cache.problem(i)))
+            if not getattr(self.dataset, "replace_bad", True):
+                return self._placeholder(i, skipped)
         else:  # pragma: no cover - build() refuses an empty cache
             raise RuntimeError("no cached clip")
         start, count = int(self.cache.offsets[i]), int(self.cache.frames[i])
@@ -149,7 +166,16 @@ class CachedFbankDataset(Dataset):
         else:
             out = torch.stack([v for v, _ in views])
             frames = torch.tensor([n for _, n in views], dtype=torch.int64)
-        return {"fbank": out.contiguous(), "frames": frames, "target": self.dataset.target(i), "index": i, "skipped": []}
+        return {"fbank": out.contiguous(), "frames": frames, "target": self.dataset.target(i), "index": i,
+                "skipped": skipped, "valid": True}
+
+    def _placeholder(self, index: int, skipped: list) -> dict:
+        """A bad clip's item in evaluation: zero frames (``num_frames``, or one), none valid, ``valid=False``."""
+        views, size = self.dataset.num_views, self.dataset.num_frames or 1
+        shape = (size, NUM_MEL_BINS) if views == 1 else (views, size, NUM_MEL_BINS)
+        frames = 0 if views == 1 else torch.zeros(views, dtype=torch.int64)
+        return {"fbank": torch.zeros(shape), "frames": frames, "target": self.dataset.target(index), "index": index,
+                "skipped": skipped, "valid": False}
 
 
 def spectrograms(batch: dict, frontend: FbankFrontend) -> torch.Tensor:

@@ -71,7 +71,8 @@ from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 from asit.augment import BackgroundNoise, SpecAugment
 from asit.classifier import AudioClassifier, build_encoder, save_classifier
 from asit.datasets import collate_clips, get_dataset
-from asit.datasets.base import AudioDataset, base_dataset, resolve_root
+from asit.atomic import DiskFullError
+from asit.datasets.base import AudioDataset, SkipLog, base_dataset, resolve_root, skipped_by_split
 from asit.datasets.esc50 import read_esc50_meta
 from asit.datasets.speech_commands import NOISE_FOLDER, SILENCE_PORTIONS
 from asit.engine_finetune import FinetuneState, evaluate, lr_schedule, train_one_epoch
@@ -154,11 +155,14 @@ def build_datasets(
     Commands: the official validation list; VoxCeleb1: iden_split 2), or, when ``val_split`` is
     None (AudioSet), a stratified, seeded ``val_fraction`` of the training split. Training crops
     are random; validation and test clips are whole (``task.eval_windows``, scored in windows by
-    :func:`evaluate`) or one crop from the clip's start.
+    :func:`evaluate`) or one crop from the clip's start. A bad evaluation clip is not replaced by a
+    neighbour (``replace_bad=False``): each good clip is scored once. No clip may be in two splits
+    (checked on the whole splits, before the caps pick a subset).
     """
     extra = {"fold": fold} if fold is not None else {}
     kwargs = _dataset_kwargs(task, seed)
-    eval_kwargs = {**kwargs, "num_frames": None} if task.eval_windows else kwargs  # whole clips
+    eval_kwargs = {**kwargs, "num_frames": None} if task.eval_windows else dict(kwargs)  # whole clips
+    eval_kwargs["replace_bad"] = False
     train_split, val_split = task.train_split, task.val_split
     if task.dataset == "esc50" and fold is not None and len(esc50_folds_present(data_root)) < 3:
         # Two folds: test on one, hold a validation part out of the other (no fold to spare).
@@ -173,6 +177,7 @@ def build_datasets(
         train, val = Subset(train, train_idx), Subset(fixed, val_idx)
     test_extra = {**extra, **_manifest(task, "eval")}
     test = get_dataset(task.dataset, task.test_split, data_root, random_crop=False, **test_extra, **eval_kwargs)
+    _check_disjoint({"train": train, "val": val, "test": test})
     return {
         "train": _cap(train, task.max_train_items, seed),
         "val": _cap(val, task.max_eval_items, seed + 1),
@@ -248,14 +253,17 @@ def cache_datasets(datasets: dict[str, Any], progress: bool = False) -> tuple[di
         segments={i: seg for i, (_, seg) in enumerate(keys) if seg[0] >= 0}, sample_rate=rates.pop(),
         max_seconds=bases[0].max_seconds, check_files=False,
     )
-    digest = hashlib.sha1("\n".join(f"{p}|{seg}" for p, seg in keys).encode()).hexdigest()[:12]
+    digest = hashlib.sha1("\n".join(f"{p}|{seg}" for p, seg in keys).encode("utf-8", "surrogateescape")).hexdigest()[:12]
     directory = data_dir() / "cache" / "finetune" / f"{bases[0].name}-{union.sample_rate}-{digest}"
     cache = FbankCache.build(union, directory, progress=progress)
     cached = {}
     for split, data in datasets.items():
         base = base_dataset(data)
         rows = np.array([position[_clip_key(base, i)] for i in range(len(base))])
-        view = FbankCache(cache.directory, cache.offsets[rows], cache.frames[rows], cache.fingerprint)
+        problems = {i: cache.problem(row) for i, row in enumerate(rows) if cache.offsets[row] < 0}
+        for i, problem in problems.items():  # each split counts its own bad clips
+            base.skipped.add(base.paths[i], problem, warn=False)
+        view = FbankCache(cache.directory, cache.offsets[rows], cache.frames[rows], cache.fingerprint, problems)
         cached[split] = _rewrap(data, CachedFbankDataset(base, view))
     return cached, list(union.skipped.records)
 
@@ -322,7 +330,8 @@ def train_one_run(
 
     Returns a dict with ``model`` (best weights loaded, on the device), ``test`` (the
     :func:`asit.engine_finetune.evaluate` output on the test split), ``val_metrics``, ``best_epoch``,
-    ``history``, ``encoder_info``, ``frontend``, ``classes``, ``skipped``.
+    ``history``, ``encoder_info``, ``frontend``, ``classes``, ``skipped`` (every bad file's
+    ``(path, problem)``) and ``skipped_by_split`` (``{split: SkipLog}``).
     """
     if mode not in ("finetune", "linear"):
         raise ValueError(f"mode must be 'finetune' or 'linear', got {mode!r}")
@@ -335,6 +344,7 @@ def train_one_run(
     _check_sample_rate(encoder, data.sample_rate)
     model = AudioClassifier(encoder, data.num_classes, pool=task.pool, freeze_encoder=(mode == "linear")).to(device)
     noise = background_noise_for(task, datasets["train"])
+    found = {split: SkipLog(base_dataset(data).skipped) for split, data in datasets.items()}  # header checks
     skipped: list = []
     if task.cache_fbanks is True if cache_fbanks is None else cache_fbanks:
         if noise is not None:
@@ -348,8 +358,10 @@ def train_one_run(
     windows = task.num_frames if task.eval_windows else None  # evaluation: whole clips, in windows
 
     def evaluate_split(split: str, description: str) -> dict[str, Any]:
-        return evaluate(state.model, loaders[split], state.frontend, device, state.multilabel,
-                        description=description, window_frames=windows, amp_dtype=state.amp_dtype)
+        scored = evaluate(state.model, loaders[split], state.frontend, device, state.multilabel,
+                          description=description, window_frames=windows, amp_dtype=state.amp_dtype)
+        found[split].extend(scored["skipped"])
+        return scored
 
     best = {"value": -math.inf, "epoch": -1, "state": None, "metrics": None}
     history = []
@@ -360,6 +372,7 @@ def train_one_run(
     for epoch in range(task.epochs):
         started = time.time()
         train_loss = train_one_epoch(state, loaders["train"], epoch, skipped, label, progress, bar=run_bar)
+        found["train"].extend(skipped)
         val = evaluate_split("val", "validation")
         value = val["metrics"][task.metric]
         value = -math.inf if math.isnan(value) else value
@@ -381,9 +394,10 @@ def train_one_run(
                     "state": {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}}
     run_bar.close()
     state.model.load_state_dict(best["state"])
+    test = evaluate_split("test", "test")
     return {
         "model": state.model,
-        "test": evaluate_split("test", "test"),
+        "test": test,
         "val_metrics": best["metrics"],
         "best_epoch": best["epoch"],
         "history": history,
@@ -392,7 +406,8 @@ def train_one_run(
         "classes": list(data.classes),
         "stats": data.stats,
         "multilabel": state.multilabel,
-        "skipped": skipped,
+        "skipped": sorted({tuple(record) for log in found.values() for record in log}),
+        "skipped_by_split": found,
     }
 
 
@@ -498,10 +513,10 @@ def finetune(
         runs.append(train_one_run(task, datasets, checkpoint, mode, output_dir, device, progress, seed, log_file, label, use_cache))
     per_fold = [{"fold": fold, "best_epoch": run["best_epoch"], **run["test"]["metrics"],
                  **{f"val_{k}": v for k, v in run["val_metrics"].items()}} for fold, run in zip(folds, runs)]
-    classifier_paths = [_save_run_classifier(run, fold, task, mode, run_dir) for fold, run in zip(folds, runs)] if write_result else []
-
     metrics = _combine(task, per_fold)
-    metrics["skipped_files"] = len({tuple(s) for r in runs for s in r["skipped"]})
+    bad_files = skipped_by_split({split: [rec for r in runs for rec in r["skipped_by_split"][split]]
+                                  for split in ("train", "val", "test")})
+    metrics["skipped_files"] = bad_files["total"]
     seconds = time.time() - started
     encoder_info = runs[0]["encoder_info"]
     result = {
@@ -521,22 +536,51 @@ def finetune(
         "device": str(device),
         "notes": notes,
         "result_path": None,
-        "classifier_paths": classifier_paths,
+        "classifier_paths": [],
+        "skipped_files_by_split": bad_files,
         "model": runs[-1]["model"],
     }
     notes += _baseline_shape_notes(baseline_encoder, encoder_info)
-    if write_result:
-        result["result_path"] = str(write_run_result(
-            output_dir, task.name, label_dataset, task.preset, metrics,
-            baseline_metrics=baseline_metrics, config=task, checkpoint=result["checkpoint"],
-            device=describe_environment(device), seconds=round(seconds, 1), notes=notes,
-            mode=mode, encoder=encoder_info, per_fold=per_fold, classifier_paths=classifier_paths,
-            data_root=str(data_root) if data_root else None, seed=seed, baseline_encoder=baseline_encoder,
-        ))
+    disk_full = None
+    if write_result:  # the classifiers first, but a full disk there must not cost the result JSON
+        for fold, run in zip(folds, runs):
+            try:
+                result["classifier_paths"].append(_save_run_classifier(run, fold, task, mode, run_dir))
+            except DiskFullError as err:
+                disk_full = err
+                notes.append(f"the classifier{'' if fold is None else f' of fold {fold}'} was not saved: {err}")
+        result["result_path"] = _write_result(result, output_dir, task, metrics, baseline_metrics, device, seconds,
+                                              notes, data_root, seed, baseline_encoder)
     if progress:
         shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"{task.title} [{task.preset}, {mode}, {encoder_info['kind']} init]: {shown} ({seconds:.0f} s)")
+    if bad_files["total"] or progress:
+        split_counts = ", ".join(f"{n} {split}" for split, n in bad_files["by_split"].items())
+        print(f"skipped {bad_files['total']} bad file(s) ({split_counts}); each good clip scored once")
+    if disk_full is not None:
+        raise disk_full  # the result JSON is written; the missing classifier is an error all the same
     return result
+
+
+def _write_result(result: dict, output_dir, task: TaskConfig, metrics: dict, baseline_metrics, device, seconds: float,
+                  notes: list, data_root, seed: int, baseline_encoder) -> str:
+    """The result JSON (:func:`asit.results.write_run_result`); on a full disk its content is
+    printed instead, so the run's numbers are never lost, and the error raised."""
+    fields = dict(
+        baseline_metrics=baseline_metrics, config=task, checkpoint=result["checkpoint"],
+        device=describe_environment(device), seconds=round(seconds, 1), notes=notes,
+        mode=result["mode"], encoder=result["encoder"], per_fold=result["per_fold"],
+        classifier_paths=result["classifier_paths"], skipped_files_by_split=result["skipped_files_by_split"],
+        data_root=str(data_root) if data_root else None, seed=seed, baseline_encoder=baseline_encoder,
+    )
+    try:
+        return str(write_run_result(output_dir, task.name, result["dataset"], task.preset, metrics, **fields))
+    except DiskFullError:
+        record = {"metrics": metrics, "per_fold": result["per_fold"], "notes": notes,
+                  "skipped_files_by_split": result["skipped_files_by_split"]}
+        print("the result JSON could not be written (no space left); its numbers:\n"
+              + json.dumps(record, indent=2, default=str), flush=True)
+        raise
 
 
 def _dataset_label(dataset: str, data_root: str | Path | None, mode: str) -> str:
@@ -565,7 +609,6 @@ def _folds_to_run(task: TaskConfig, data_root: str | Path | None) -> list[int | 
 def _first_fold_checks(task: TaskConfig, datasets: dict[str, Any], folds: list, data_root) -> list[str]:
     """Coverage notes (said once, a warning on real data) and the validation / test disjointness check."""
     notes = check_coverage(task, datasets, folds if folds[0] is not None else None)
-    _check_disjoint(datasets)
     for note in notes:
         if data_root is not None:
             warnings.warn(note, stacklevel=3)
@@ -608,11 +651,27 @@ def _combine(task: TaskConfig, per_fold: list[dict]) -> dict[str, float]:
     return metrics
 
 
+def _clip_keys(dataset) -> set[tuple[str, tuple[float, float]]]:
+    """The clips (file, segment) a (possibly ``Subset``-wrapped) data set serves."""
+    indices = None
+    while isinstance(dataset, Subset):
+        indices = list(dataset.indices) if indices is None else [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    return {_clip_key(dataset, i) for i in (indices if indices is not None else range(len(dataset)))}
+
+
 def _check_disjoint(datasets: dict[str, Any]) -> None:
-    """No clip of the validation split may be in the test split (or the epoch choice would leak)."""
-    overlap = set(subset_paths(datasets["val"])) & set(subset_paths(datasets["test"]))
-    if overlap:
-        raise RuntimeError(f"{len(overlap)} validation clips are also test clips, e.g. {sorted(overlap)[0]}")
+    """No clip in two splits: a training clip tested on inflates the score, a validation clip tested
+    on leaks the epoch choice. Checked on whole splits (a segment of a file, KS1's silence, is its
+    own clip)."""
+    keys = {split: _clip_keys(data) for split, data in datasets.items()}
+    splits = list(keys)
+    for i, first in enumerate(splits):
+        for second in splits[i + 1:]:
+            both = keys[first] & keys[second]
+            if both:
+                raise RuntimeError(f"{len(both)} {first} clip(s) are also {second} clips, e.g. {sorted(both)[0][0]}: "
+                                   "check the data set's split metadata")
 
 
 # --------------------------------------------------------------------------------------------

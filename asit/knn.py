@@ -134,7 +134,8 @@ def labelled_loader(
 
     ``max_clips > 0`` keeps that many clips evenly spread over the split (every class stays present).
     """
-    dataset = get_dataset(name, split, data_root=data_root or None, num_frames=num_frames, random_crop=False, sample_rate=sample_rate)
+    dataset = get_dataset(name, split, data_root=data_root or None, num_frames=num_frames, random_crop=False,
+                          sample_rate=sample_rate, replace_bad=False)  # a bad clip is left out, never counted twice
     if max_clips and max_clips < len(dataset):
         step = len(dataset) / max_clips
         dataset = Subset(dataset, [int(i * step) for i in range(max_clips)])
@@ -152,7 +153,10 @@ def _cached_batches(name: str, split: str, **options) -> list[dict]:
     if key not in _BATCHES:
         if len(_BATCHES) >= _CACHE_SIZE:
             _BATCHES.pop(next(iter(_BATCHES)))
-        _BATCHES[key] = list(labelled_loader(name, split, **options))
+        from asit.datasets.base import good_rows
+
+        batches = (good_rows(batch) for batch in labelled_loader(name, split, **options))
+        _BATCHES[key] = [batch for batch in batches if len(batch["index"])]
     return _BATCHES[key]
 
 

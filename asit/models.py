@@ -40,11 +40,12 @@ from typing import Any, NamedTuple
 
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from asit.atomic import atomic_write
 from asit.audio import DEFAULT_SAMPLE_RATE, FRAME_LENGTH_MS, FRAME_SHIFT_MS, NUM_MEL_BINS, NormStats
 from asit.heads import ProjectionHead, ReconstructionHead
 
@@ -61,6 +62,9 @@ __all__ = [
     "build_asit",
     "save_encoder",
     "load_encoder",
+    "read_encoder_config",
+    "nonfinite_tensors",
+    "check_finite",
     "load_released_checkpoint",
 ]
 
@@ -364,6 +368,26 @@ def _architecture(encoder: VisionTransformer) -> str:
     raise ValueError(f"no registered ASiT architecture has width {encoder.embed_dim}")
 
 
+class NonFiniteWeightsError(ValueError):
+    """Weights with NaN or infinite values: training diverged; nothing built on them is usable."""
+
+
+def nonfinite_tensors(source: nn.Module | dict[str, torch.Tensor]) -> list[str]:
+    """Names of the parameters and buffers (or state-dict entries) holding a NaN or infinite value."""
+    items = source.state_dict().items() if isinstance(source, nn.Module) else source.items()
+    return [name for name, value in items
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
+def check_finite(source: nn.Module | dict[str, torch.Tensor], what: str = "the model") -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the tensors of ``source`` that are not finite."""
+    bad = nonfinite_tensors(source)
+    if bad:
+        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+        raise NonFiniteWeightsError(f"{what} has NaN or infinite values in {len(bad)} tensor(s): "
+                                    f"{', '.join(bad[:6])}{more}; training diverged (lower the lr, or enable grad_clip)")
+
+
 def save_encoder(
     encoder: VisionTransformer,
     directory: str | Path,
@@ -380,16 +404,19 @@ def save_encoder(
     architectures) ``timm.create_model("local-dir:" + directory, pretrained=True)`` builds and
     loads it. Beside timm's keys it names the input size and shape, the fbank settings and
     normalisation statistics the encoder expects, the asit version, and everything in ``extra``
-    (e.g. the pretraining preset and epoch). Returns the directory.
+    (e.g. the pretraining preset and epoch). Returns the directory. An encoder with a NaN or infinite
+    weight is refused (:class:`NonFiniteWeightsError`): nothing is written.
     """
     from timm.models._hub import save_config_for_hf
 
     from asit import __version__
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    check_finite(state, f"the encoder to save in {directory}")
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_write(directory / "model.safetensors") as handle:  # a full disk: DiskFullError, old file kept
+        handle.write(save_safetensors(state, metadata={"format": "pt"}))
     img_size = list(encoder.patch_embed.img_size)
     shape = {"embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.blocks[0].attn.num_heads}
     asit_fields = {
@@ -417,6 +444,51 @@ def save_encoder(
     return directory
 
 
+class EncoderConfigError(ValueError):
+    """A saved encoder's ``config.json`` that cannot describe one of our encoders (one line)."""
+
+
+# Bounds on a saved config, far past any ASiT model, so that a crafted or damaged config.json is
+# refused before it asks for terabytes (embed_dim=1e6) or builds 1e5 blocks.
+CONFIG_BOUNDS = {"embed_dim": (8, 4096), "depth": (1, 64), "num_heads": (1, 64), "num_classes": (0, 100_000)}
+MAX_CONFIG_FRAMES, MAX_CONFIG_MEL_BINS = 100_000, 1024
+
+
+def read_encoder_config(config_path: str | Path) -> dict[str, Any]:
+    """Read and check a saved encoder's ``config.json``; :class:`EncoderConfigError` names the
+    file and the field that is wrong.
+
+    ``architecture`` must be one of this package's registered encoders (a name such as
+    ``hf-hub:...`` would make timm fetch another model instead of the local weights), and the
+    shape fields must be whole numbers within :data:`CONFIG_BOUNDS`.
+    """
+    config_path = Path(config_path)
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise EncoderConfigError(f"{config_path}: not a readable encoder config ({err})") from None
+    if not isinstance(config, dict):
+        raise EncoderConfigError(f"{config_path}: a JSON object expected, found {type(config).__name__}")
+    known = [f"asit_vit_{size}_patch16" for size in SIZES]
+    if config.get("architecture") not in known:
+        raise EncoderConfigError(f"{config_path}: architecture {config.get('architecture')!r} is not one of {', '.join(known)} "
+                                 "(only this package's encoders load, from the local weights)")
+    for key, (low, high) in CONFIG_BOUNDS.items():
+        value = config.get(key, 0 if key == "num_classes" else None)
+        if value is None and key != "num_classes":
+            continue  # absent: the architecture's standard value
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise EncoderConfigError(f"{config_path}: {key} {value!r} is not a whole number in [{low}, {high}]")
+    if "embed_dim" in config and "num_heads" in config and config["embed_dim"] % config["num_heads"]:
+        raise EncoderConfigError(f"{config_path}: embed_dim {config['embed_dim']} is not divisible by num_heads {config['num_heads']}")
+    size = config.get("img_size")
+    if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+            or not (PATCH_SIZE <= size[0] <= MAX_CONFIG_FRAMES and PATCH_SIZE <= size[1] <= MAX_CONFIG_MEL_BINS)):
+        raise EncoderConfigError(f"{config_path}: img_size {size!r} is not [frames, mel bins] within "
+                                 f"[{PATCH_SIZE}, {MAX_CONFIG_FRAMES}] x [{PATCH_SIZE}, {MAX_CONFIG_MEL_BINS}]")
+    return config
+
+
 def load_encoder(path: str | Path, num_frames: int | None = None, num_classes: int = 0, **kwargs) -> VisionTransformer:
     """Build the encoder saved by :func:`save_encoder` and load its weights through timm.
 
@@ -428,11 +500,14 @@ def load_encoder(path: str | Path, num_frames: int | None = None, num_classes: i
         kwargs: more ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
 
     Returns:
-        the encoder, with the saved config as ``encoder.asit_config``.
+        the encoder, with the saved config as ``encoder.asit_config``. The config is checked first
+        (:func:`read_encoder_config`); only the local weights file is read.
     """
     path = Path(path)
     weights = path / "model.safetensors" if path.is_dir() else path
-    config = json.loads((weights.parent / "config.json").read_text())
+    config = read_encoder_config(weights.parent / "config.json")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no such weights file (save_encoder writes model.safetensors beside config.json)")
     num_frames = num_frames or config["img_size"][0]
     # Rebuild the saved shape (a preset may use fewer blocks than the size's standard 12).
     shape = {key: config[key] for key in ("embed_dim", "depth", "num_heads") if key in config}

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from asit.audio import AudioError, NormStats, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
+from asit.audio import AudioError, NormStats, display_path, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
 from asit.classifier import load_classifier
 from asit.features import FbankFrontend
 
@@ -125,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             best = predictor.top_k(path, args.top_k)
-        except AudioError as err:
+        except AudioError as err:  # named, and the other files are still labelled
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        print(path)
+        print(display_path(path))  # a non-UTF-8 name printed with escapes, not a UnicodeEncodeError
         for label, score in best:
             print(f"  {score:6.3f}  {label}")
+    if failed:
+        print(f"{failed} of {len(args.files)} file(s) could not be labelled", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -17,6 +17,8 @@ kernels may differ in the last bits), and the data workers' number does not chan
 Distributed: under ``torchrun`` each rank takes a contiguous slice of every global batch
 (``batch_size`` clips each, :class:`EpochBatchSampler`), gradients are averaged by DDP, the loss
 centers are all-reduced inside the losses, and only rank 0 writes logs, checkpoints and the encoder.
+A rank that hangs or is stopped ends the job after :data:`asit.training.DIST_TIMEOUT_S` (10 minutes;
+``ASIT_DIST_TIMEOUT_S=<seconds>`` changes it), not after PyTorch's default half hour.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
@@ -54,9 +57,17 @@ from asit.engine_pretrain import (
     train_one_epoch,
     train_step,
 )
-from asit.models import save_encoder
+from asit.atomic import atomic_write
+from asit.models import NonFiniteWeightsError, save_encoder
 from asit.session import PRESETS, portable_path
-from asit.training import DistInfo, NonFiniteLossError, apply_settings, init_distributed
+from asit.training import (
+    MAX_SKIPPED_SHARE,
+    DistInfo,
+    NonFiniteLossError,
+    apply_settings,
+    check_skipped_share,
+    init_distributed,
+)
 
 # ----------------------------------------------------------------------------- data
 
@@ -227,6 +238,7 @@ class _Run:
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     start_step: int = 0
+    resumed: bool = False
     monitor: Any = None  # the k-NN monitor's clips, loaded at its first use
 
     @property
@@ -265,15 +277,19 @@ def _start(cfg: PretrainConfig) -> _Run:
 def _resume(run: _Run) -> None:
     """Continue from the run's checkpoint (``resume="auto"`` or a path), if there is one."""
     cfg, state = run.cfg, run.state
-    resume_path = None
-    if cfg.resume == "auto":
-        resume_path = ckpt.find_latest(run.run_dir)
+    if cfg.resume == "auto":  # checkpoint.pth, or the newest intact numbered one (with a warning)
+        found = ckpt.load_latest_checkpoint(run.run_dir, cfg, may_change=MAY_CHANGE_ON_RESUME, map_location=state.device)
+        if found is None:
+            return
+        resume_path, saved = found
     elif cfg.resume not in ("never", ""):
         resume_path = Path(cfg.resume)
-    if resume_path is None:
+        saved = ckpt.load_checkpoint(resume_path, cfg, may_change=MAY_CHANGE_ON_RESUME, map_location=state.device)
+    else:
         return
-    saved = ckpt.load_checkpoint(resume_path, cfg, may_change=MAY_CHANGE_ON_RESUME, map_location=state.device)
+    _check_same_data(run, saved, resume_path)
     load_training_state(state, saved)
+    run.resumed = True
     run.start_epoch, run.start_step = int(saved["epoch"]), int(saved["step_in_epoch"])
     run.history = list(saved.get("history", []))
     run.sums = saved["sums"].to(state.device)
@@ -283,7 +299,46 @@ def _resume(run: _Run) -> None:
         run.start_epoch, run.start_step = run.start_epoch + 1, 0
         run.sums.zero_()
     if run.info.is_main:
+        _trim_logs(run, int(saved.get("it", run.start_epoch * run.steps_per_epoch + run.start_step)))
         print(f"resuming {run.run_dir} from {resume_path.name}: epoch {run.start_epoch}, step {run.start_step}", flush=True)
+
+
+def _check_same_data(run: _Run, saved: dict, path: Path) -> None:
+    """Refuse to resume on other data: ``data_root`` may change (the same data moved elsewhere)
+    only when the normalisation statistics stay those the checkpoint was trained with."""
+    before, now = saved.get("config", {}).get("data_root", ""), run.cfg.data_root
+    if before == now:
+        return
+    then, stats = saved.get("norm_stats"), run.state.frontend.stats
+    if then is not None and stats is not None and all(
+        math.isclose(then[key], getattr(stats, key), rel_tol=1e-6, abs_tol=1e-9) for key in ("mean", "std")
+    ):
+        if run.info.is_main:
+            print(f"note: {path.name} was trained on data_root {before!r}; this run reads {now!r}, whose "
+                  "normalisation statistics are the same: continuing", flush=True)
+        return
+    shown = f"mean {stats.mean:.4g}, std {stats.std:.4g}" if stats is not None else None
+    raise ckpt.CheckpointMismatch(path, {"data_root": (before, now), "normalisation statistics": (then, shown)})
+
+
+def _trim_logs(run: _Run, it: int) -> None:
+    """After resuming at global step ``it``: ``log.jsonl`` holds the checkpoint's epochs and
+    ``steps.jsonl`` every logged step up to ``it``, each once (a killed run may have logged past
+    its last checkpoint, or cut a line in half)."""
+    with atomic_write(run.run_dir / "log.jsonl", "w") as log:
+        log.writelines(json.dumps(record) + "\n" for record in run.history)
+    steps_file = run.run_dir / "steps.jsonl"
+    points: dict[int, dict] = {}
+    if steps_file.is_file():
+        for line in steps_file.read_text().splitlines():
+            try:
+                point = json.loads(line)
+            except ValueError:
+                continue  # the line a kill cut short
+            if isinstance(point, dict) and isinstance(point.get("step"), int) and point["step"] <= it:
+                points[point["step"]] = point
+    with atomic_write(steps_file, "w") as steps_log:
+        steps_log.writelines(json.dumps(points[step]) + "\n" for step in sorted(points))
 
 
 def _check_finite(run: _Run) -> None:
@@ -293,7 +348,8 @@ def _check_finite(run: _Run) -> None:
         last_good = ckpt.find_latest(run.run_dir)
         where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before it"
         return (
-            f"the loss became NaN or infinite at step {first} (epoch {first // run.steps_per_epoch}); training stopped and "
+            f"the loss or the weights became NaN or infinite at step {first} (epoch {first // run.steps_per_epoch}); "
+            "training stopped and "
             f"{where}. Try a lower base_lr, a longer warmup_epochs, clip_grad 1.0, amp=off (or bf16), "
             "or nan_policy=skip to drop such steps."
         )
@@ -315,8 +371,13 @@ def _save(run: _Run, epoch: int, step_in_epoch: int, numbered: bool) -> None:
         sums=run.sums.cpu(),
         skipped_files=[list(record) for record in run.skipped.records],
         bad_steps=int(run.state.nonfinite.count),
+        norm_stats=_stats_dict(run.state.frontend.stats),  # a resume on other data is refused by these
     )
     ckpt.save_checkpoint(payload, run.run_dir, run.cfg, epoch=epoch + 1 if numbered else None, keep_last=run.cfg.keep_last)
+
+
+def _stats_dict(stats) -> dict | None:
+    return None if stats is None else {"mean": float(stats.mean), "std": float(stats.std)}
 
 
 def _save_encoder(run: _Run, extra: dict) -> Path:
@@ -338,6 +399,7 @@ def _train_epoch(run: _Run, epoch: int, progress: bool, bar=None) -> None:
     def log_step(done: int, point: dict) -> None:
         _check_finite(run)
         if info.is_main:  # this step's losses (one step, not a mean): the curves' detail
+            point = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in point.items()}
             with open(run.run_dir / "steps.jsonl", "a") as steps_log:
                 steps_log.write(json.dumps(point) + "\n")
 
@@ -380,7 +442,8 @@ def _end_epoch(run: _Run, epoch: int, seconds: float, progress: bool) -> None:
         with open(run.run_dir / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         if progress:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss") or k == "knn_accuracy")
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                              if (k.startswith("loss") or k == "knn_accuracy") and v is not None)
             print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
     if is_last or (cfg.save_every and (epoch + 1) % cfg.save_every == 0):
         _save(run, epoch, run.steps_per_epoch, numbered=True)
@@ -425,6 +488,7 @@ def _summary(run: _Run, started: float) -> dict:
         "skipped_kinds": dict(run.skipped.counts),
         "skipped": [list(record) for record in run.skipped.records],
         "skipped_steps": int(run.state.nonfinite.count),
+        "max_skipped_share": MAX_SKIPPED_SHARE if cfg.nan_policy == "skip" else 0.0,
         "time_s": round(time.time() - started, 3),
         "world_size": run.info.world_size,
         "device": str(run.state.device),
@@ -441,10 +505,11 @@ def _report(run: _Run, summary: dict, progress: bool) -> None:
     if progress and knn_final is not None:
         shown = "-" if knn_random is None else f"{knn_random:.1f}%"
         print(f"k-NN accuracy on {run.cfg.knn_dataset}: pretrained {knn_final:.1f}%, random init {shown}", flush=True)
-    if summary["skipped_files"]:
-        print(run.skipped.summary() + "; see summary.json for each file and why", flush=True)
-    if (progress or summary["skipped_files"]) and summary["skipped_steps"]:
-        print(f"skipped {summary['skipped_steps']} step(s) with a non-finite loss", flush=True)
+    # Always said, also with --no-progress: what the run left out is part of its result.
+    where = "; see summary.json for each file and why" if summary["skipped_files"] else ""
+    print(f"data: {run.skipped.summary()}{where}", flush=True)
+    print(f"steps: skipped {summary['skipped_steps']} of {summary['steps']} with a non-finite loss or weights "
+          f"(nan_policy={run.cfg.nan_policy})", flush=True)
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
@@ -464,14 +529,18 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     encoder at its initial weights, on the same clips through the same front end).
 
     Returns the per-epoch history, the run directory and the saved teacher encoder's directory.
-    Raises :class:`asit.training.NonFiniteLossError` when the loss is NaN / infinite and
-    ``nan_policy="stop"`` (the last good checkpoint stays on disk).
+    Raises :class:`asit.training.NonFiniteLossError` when the loss or the weights become NaN /
+    infinite and ``nan_policy="stop"`` (the last good checkpoint stays on disk), and
+    :class:`asit.training.TooManySkippedSteps` when ``nan_policy="skip"`` dropped more than
+    :data:`asit.training.MAX_SKIPPED_SHARE` of the steps (after writing the summary and the
+    encoder: the weights are finite, since a skipped step is undone). A resume with another
+    ``data_root`` whose normalisation statistics differ raises :class:`asit.checkpoint.CheckpointMismatch`.
     """
     run = _start(cfg)
     _resume(run)
     if run.info.is_main:
         cfg.to_json(run.run_dir / "config.json")
-        if not run.history:  # a fresh run replaces an old run's logs
+        if not run.resumed:  # a fresh run replaces an old run's logs
             for name in ("log.jsonl", "steps.jsonl", "summary.json"):
                 (run.run_dir / name).unlink(missing_ok=True)
     started = time.time()
@@ -492,6 +561,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
         _report(run, summary, progress)
     if run.info.enabled:
         dist.barrier()
+    if cfg.nan_policy == "skip":  # finite weights, but from too few good steps: a failed run all the same
+        check_skipped_share(summary["skipped_steps"], summary["steps"])
     return PretrainResult(history=run.history, run_dir=run.run_dir, encoder_dir=run.encoder_dir, summary=summary)
 
 
@@ -538,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> PretrainResult:
     cfg = config_from_args(args)
     try:
         result = pretrain(cfg, progress=not args.no_progress)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, NonFiniteWeightsError, ckpt.CheckpointMismatch, ckpt.UnreadableCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:

@@ -95,10 +95,16 @@ class ProbeSplit:
 
 def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None, stats=None, batch_size: int = 64) -> tuple[ProbeSplit, Any]:
     """The first ``task.clip_frames`` frames of every clip of ``split`` (zero-padded), and the data set."""
-    data = get_dataset(task.dataset, split, data_root=data_root, num_frames=task.clip_frames, random_crop=False, **task.options)
+    from asit.datasets.base import good_rows
+
+    data = get_dataset(task.dataset, split, data_root=data_root, num_frames=task.clip_frames, random_crop=False,
+                       replace_bad=False, **task.options)  # a bad clip is left out, never counted twice
     frontend = FbankFrontend(task.clip_frames, stats if stats is not None else data.stats, data.sample_rate)
     specs, frames, targets = [], [], []
     for batch in DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_clips):
+        batch = good_rows(batch)
+        if not len(batch["index"]):
+            continue
         lengths = torch.as_tensor(batch["length"])
         specs.append(frontend(batch["wave"], lengths))
         frames.append(torch.tensor([min(frames_for_samples(int(n), data.sample_rate), task.clip_frames) for n in lengths]))

@@ -14,9 +14,13 @@ and ``util/lr_decay.py`` beside its two engines.
   policies this replaces, pretraining's (``resolve_amp``: fp16 + scaler where bf16 is missing) was
   the right one; fine-tuning asked for bf16 on any CUDA device.
 - :func:`set_schedules`: one step's lr (times each group's ``lr_scale``) and weight decay.
-- :class:`NonFiniteSteps` and :class:`NonFiniteLossError`: non-finite losses counted on the device,
-  read only at log points; ``policy="stop"`` raises, ``"skip"`` counts.
-- :class:`DistInfo`, :func:`init_distributed`: the ``torchrun`` process group.
+- :class:`NonFiniteSteps` and :class:`NonFiniteLossError`: non-finite steps (a NaN / inf loss, or
+  weights that a step with a finite loss made NaN / inf) counted on the device, read only at log
+  points; ``policy="stop"`` raises, ``"skip"`` counts, and :class:`LastGoodState` puts the weights
+  and optimiser state of before such a step back. A run that skipped more than
+  :data:`MAX_SKIPPED_SHARE` of its steps fails (:func:`check_skipped_share`).
+- :class:`DistInfo`, :func:`init_distributed`: the ``torchrun`` process group, with a collective
+  timeout of :data:`DIST_TIMEOUT_S` (``ASIT_DIST_TIMEOUT_S``), not PyTorch's 30 minutes.
 - :func:`apply_settings`: ``key=value`` strings onto a config dataclass (both CLIs' ``--set``).
 """
 
@@ -27,6 +31,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Iterable
 
 import torch
@@ -140,11 +145,77 @@ class NonFiniteLossError(FloatingPointError, RuntimeError):
     """The loss became NaN or infinite and the run's policy is to stop."""
 
 
+# nan_policy="skip": a run that dropped more than this share of its steps ends with an error
+# (exit status 2), whatever it saved: one bad step in four means the settings are wrong, not bad luck.
+MAX_SKIPPED_SHARE = 0.25
+
+
+class TooManySkippedSteps(NonFiniteLossError):
+    """``nan_policy="skip"`` dropped more than :data:`MAX_SKIPPED_SHARE` of the run's steps."""
+
+
+def check_skipped_share(skipped: int, steps: int, limit: float = MAX_SKIPPED_SHARE) -> None:
+    """Raise :class:`TooManySkippedSteps` when ``skipped`` of ``steps`` is more than ``limit``."""
+    if steps > 0 and skipped / steps > limit:
+        raise TooManySkippedSteps(
+            f"{skipped} of {steps} steps ({skipped / steps:.0%}) had a non-finite loss or left non-finite weights and "
+            f"were skipped, more than the {limit:.0%} a run may skip (asit.training.MAX_SKIPPED_SHARE): lower base_lr, "
+            "lengthen warmup_epochs, set clip_grad 1.0 or amp=off"
+        )
+
+
+def parameters_finite(params: list[torch.Tensor]) -> torch.Tensor:
+    """0-d bool on the device: every value of ``params`` is finite (one fused max-abs, no host sync)."""
+    if not params:
+        return torch.ones((), dtype=torch.bool)
+    return torch.isfinite(torch.stack(torch._foreach_norm(params, ord=float("inf")))).all()
+
+
+class LastGoodState:
+    """The parameters and optimiser state from before a step, put back where the step went bad.
+
+    ``snapshot()`` before the step copies them (fused, on the device); ``restore_unless(ok)`` after
+    it keeps the new values where ``ok`` (a 0-d bool tensor) and the copies elsewhere, without
+    waiting for the device. Optimiser state created by the bad step itself (its first) goes back
+    to zeros, a fresh optimiser's. Costs one copy of the weights and of the optimiser state.
+    """
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer):
+        self.module, self.optimizer = module, optimizer
+        self._saved: list[torch.Tensor] = []
+        self._keys: list[tuple[int, str]] = []
+
+    def _live(self) -> tuple[list[torch.Tensor], list[tuple[int, str]]]:
+        tensors, keys = list(self.module.parameters()), []
+        for param in self.module.parameters():
+            for name, value in sorted(self.optimizer.state.get(param, {}).items()):
+                if torch.is_tensor(value):
+                    tensors.append(value)
+                    keys.append((id(param), name))
+        return tensors, keys
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        live, keys = self._live()
+        if keys != self._keys or len(live) != len(self._saved):
+            self._saved, self._keys = [t.detach().clone() for t in live], keys
+        else:
+            torch._foreach_copy_(self._saved, live)
+
+    @torch.no_grad()
+    def restore_unless(self, ok: torch.Tensor) -> None:
+        live, _ = self._live()
+        for i, tensor in enumerate(live):
+            before = self._saved[i] if i < len(self._saved) else torch.zeros_like(tensor)
+            tensor.copy_(torch.where(ok, tensor, before))
+
+
 class NonFiniteSteps:
     """Counts non-finite steps on the device; the host reads the count only at log points.
 
     ``policy="stop"``: :meth:`check` raises :class:`NonFiniteLossError`; ``"skip"``: the steps
-    are only counted (the gradient scaler has already dropped them).
+    are only counted (the gradient scaler has already dropped a non-finite gradient, and
+    :class:`LastGoodState` puts back weights a step made non-finite).
     """
 
     def __init__(self, device: torch.device, policy: str = "stop"):
@@ -167,6 +238,25 @@ class NonFiniteSteps:
 
 
 # ----------------------------------------------------------------------------- distributed
+
+# How long a collective waits for the slowest process before the job fails. PyTorch's default
+# (30 minutes) leaves a hung or stopped rank (SIGSTOP, a stuck file system) holding the whole job
+# for half an hour; 10 minutes still covers rank 0 writing a large checkpoint or measuring the
+# k-NN monitor while the others wait. Set ASIT_DIST_TIMEOUT_S to change it.
+DIST_TIMEOUT_S = 600.0
+
+
+def dist_timeout() -> timedelta:
+    """The collective timeout: ``ASIT_DIST_TIMEOUT_S`` seconds, else :data:`DIST_TIMEOUT_S`."""
+    text = os.environ.get("ASIT_DIST_TIMEOUT_S", "")
+    try:
+        seconds = float(text) if text else DIST_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"ASIT_DIST_TIMEOUT_S must be a number of seconds, got {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"ASIT_DIST_TIMEOUT_S must be positive, got {text!r}")
+    return timedelta(seconds=seconds)
+
 
 
 @dataclass
@@ -197,7 +287,7 @@ def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.d
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=dist_timeout())
     return DistInfo(rank, world, local_rank), device
 
 
@@ -227,6 +317,9 @@ def _convert(text: str, current: Any, name: str) -> Any:
     if isinstance(current, float):
         return float(text)
     if isinstance(current, (list, tuple)):
+        value = _literal(text) if text.strip()[:1] in "[(" else None
+        if isinstance(value, (list, tuple)):  # ["folder"], ('a', 'b'), [1, 2]: a Python / JSON list
+            return type(current)(value)
         parts = [p for p in (s.strip() for s in text.strip().strip("()[]").split(",")) if p]
         kind = type(current[0]) if len(current) else _literal_type(parts)
         values = [_convert(p, kind(), name) if kind is not str else p for p in parts]
@@ -262,7 +355,8 @@ def apply_settings(cfg: Any, assignments: Iterable[str]) -> Any:
 
     Values are converted to the field's current type (``true``/``false`` for booleans, comma
     separated lists or tuples, ``(1, 2)`` too; Python or JSON literals for fields now ``None``);
-    ``outer.field=value`` sets a field of a nested config (``masking.max_fraction=0.5``).
+    ``outer.field=value`` sets a field of a nested config (``masking.max_fraction=0.5``). A list field
+    takes ``a,b`` as well as a literal ``["a", "b"]``.
     """
     cfg = dataclasses.replace(cfg)
     for assignment in assignments:
@@ -285,7 +379,14 @@ def apply_settings(cfg: Any, assignments: Iterable[str]) -> Any:
 
 __all__ = [
     "AMP_MODES",
+    "DIST_TIMEOUT_S",
+    "MAX_SKIPPED_SHARE",
     "DistInfo",
+    "LastGoodState",
+    "TooManySkippedSteps",
+    "check_skipped_share",
+    "dist_timeout",
+    "parameters_finite",
     "NonFiniteLossError",
     "NonFiniteSteps",
     "all_reduce_mean",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -170,4 +171,38 @@ def write_bad_files(folder: str | Path, sample_rate: int = 16000) -> dict[str, P
     sf.write(bad["NaN/inf samples"], nan, sample_rate, subtype="FLOAT")
     bad["too short"] = write_wav(folder / "short_10ms.wav", 0.010, sample_rate)
     bad["too long"] = write_wav(folder / "long_3s.wav", 3.0, sample_rate)
+    return bad
+
+
+# A good clip whose name is not UTF-8 (Latin-1 "café"): Python holds such a name with a lone
+# surrogate, which soundfile cannot encode and strict UTF-8 output cannot print.
+NON_UTF8_NAME = os.fsdecode(b"caf\xe9.wav")
+
+
+def write_wav_any_name(path: str | Path, seconds: float = 0.5, sample_rate: int = 16000, *, seed: int = 0,
+                       freq: float = 440.0) -> Path:
+    """:func:`write_wav` for any file name (written under a plain name, then renamed)."""
+    path = Path(path)
+    os.replace(write_wav(path.parent / f".{seed}-any-name.tmp.wav", seconds, sample_rate, seed=seed, freq=freq), path)
+    return path
+
+
+def write_bad_inputs(folder: str | Path, sample_rate: int = 16000) -> dict[str, Path]:
+    """Every class of bad input a data set can meet, ``{kind: path}`` (kinds as ``problem_kind``).
+
+    :func:`write_bad_files` (empty, truncated, not audio, NaN samples, too short, too long with
+    ``max_seconds=2``) plus ``absurd samples`` (a float WAV of 3e29), ``not a file`` (a folder
+    named ``x.wav``) and ``broken link`` (a symbolic link to nothing). The first three of
+    :func:`write_bad_files`' kinds, the last three and too short / too long are found from the
+    header; NaN and absurd samples only when decoding.
+    """
+    folder = Path(folder)
+    bad = write_bad_files(folder, sample_rate)
+    bad["absurd samples"] = folder / "absurd.wav"
+    tone = np.sin(2 * math.pi * 440.0 * np.arange(sample_rate // 2) / sample_rate)
+    sf.write(bad["absurd samples"], (3e29 * tone).astype(np.float32), sample_rate, subtype="FLOAT")
+    bad["not a file"] = folder / "folder.wav"
+    bad["not a file"].mkdir()
+    bad["broken link"] = folder / "dangling.wav"
+    bad["broken link"].symlink_to(folder / "no_such_target.wav")
     return bad

@@ -91,3 +91,32 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="checkpoint.pth"):
         ckpt.load_checkpoint(bad)
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_intact_numbered_one(tmp_path):
+    ckpt.save_checkpoint(state(2.0), tmp_path, config=Cfg(), epoch=2)
+    ckpt.save_checkpoint(state(3.0), tmp_path, config=Cfg(), epoch=3)
+    latest = tmp_path / "checkpoint.pth"
+    latest.write_bytes(latest.read_bytes()[:200])  # cut short after the last save
+    with pytest.raises(ckpt.UnreadableCheckpoint, match="checkpoint-0003.pth beside it may be intact"):
+        ckpt.load_checkpoint(latest)
+    with pytest.warns(UserWarning, match=f"cannot read checkpoint {latest}.*Resuming from .*checkpoint-0003.pth \\(epoch 3\\)"):
+        path, loaded = ckpt.load_latest_checkpoint(tmp_path, expected_config=Cfg())
+    assert path == tmp_path / "checkpoint-0003.pth" and loaded["epoch"] == 3
+    for _, numbered in ckpt.numbered_checkpoints(tmp_path):
+        numbered.write_bytes(b"")
+    with pytest.raises(ckpt.UnreadableCheckpoint, match="no checkpoint in it can be read.*checkpoint.pth.*0003.*0002"):
+        ckpt.load_latest_checkpoint(tmp_path)
+    assert ckpt.load_latest_checkpoint(tmp_path / "empty") is None
+
+
+def test_a_dead_writers_temporary_is_removed_by_the_next_save(tmp_path):
+    dead = tmp_path / ".checkpoint.pth.tmp-dead"  # a killed writer's leftover (no process id)
+    dead.write_bytes(b"half a file")
+    dead_numbered = tmp_path / ".checkpoint-0007.pth.tmp-999999999-xyz"  # no such process
+    dead_numbered.write_bytes(b"half a file")
+    alive = tmp_path / f".checkpoint.pth.tmp-{os.getppid()}-abc"  # a running process's: left alone
+    alive.write_bytes(b"being written")
+    ckpt.save_checkpoint(state(1.0), tmp_path, config=Cfg(), epoch=1)
+    assert not dead.exists() and not dead_numbered.exists() and alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "checkpoint.pth", "checkpoint-0001.pth"])

@@ -17,6 +17,7 @@ import pytest
 from asit.datasets import get_dataset
 from asit.datasets.download import (
     ChecksumError,
+    CorruptArchiveError,
     UnsafeArchiveError,
     download_dataset,
     download_file,
@@ -173,3 +174,18 @@ def test_archives_escaping_the_target_folder_are_refused(tmp_path, kind):
         extract_archive(archive, tmp_path / "out" / "dest")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
     assert not (tmp_path / "out" / "dest").exists() and not (tmp_path / "out" / "dest.extracting").exists()
+
+
+def test_a_corrupt_archive_is_a_clear_error_and_is_not_reused(server, tmp_path, capsys):
+    archive = tar_folder(write_speech_commands(tmp_path / "src", 2, words=("yes", "no"), seconds=0.05))
+    server.files["/cut.tar.gz"] = archive[: len(archive) // 2]  # a download cut short, served as if whole
+    server.files["/good.tar.gz"] = archive
+    root = tmp_path / "data"
+    with pytest.raises(CorruptArchiveError, match="speech_commands_v0.02.tar.gz .*cut.tar.gz.* cannot be unpacked .*it was removed"):
+        download_dataset("speech_commands_v2", root, url=server.url + "/cut.tar.gz", sha256=None, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == []  # no broken archive, no half folder
+    assert main(["speech_commands_v2", "--root", str(root), "--url", server.url + "/cut.tar.gz", "--sha256", "none", "--quiet"]) == 1
+    assert "cannot be unpacked" in capsys.readouterr().err
+    # The next run with a good mirror downloads afresh instead of reusing the broken file.
+    dest = download_dataset("speech_commands_v2", root, url=server.url + "/good.tar.gz", sha256=None, progress=False)
+    assert (dest / "testing_list.txt").is_file() and server.requests[-1][0] == "/good.tar.gz"

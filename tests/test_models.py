@@ -274,3 +274,41 @@ def test_a_shallow_encoder_saves_and_loads_with_its_depth(tmp_path):
     x = torch.randn(2, 1, 64, 128)
     torch.testing.assert_close(loaded(x), encoder(x))
     assert len(load_encoder(tmp_path / "enc", num_frames=128).blocks) == 2
+
+
+def test_a_non_finite_encoder_is_refused_and_names_its_tensors(tmp_path):
+    from asit.models import NonFiniteWeightsError, check_finite, nonfinite_tensors
+
+    encoder = _tiny(num_frames=64)
+    assert nonfinite_tensors(encoder) == []
+    check_finite(encoder)
+    with torch.no_grad():
+        encoder.pos_embed[0, 3, 0] = float("nan")
+        encoder.blocks[0].attn.qkv.weight[0, 0] = float("inf")
+    assert nonfinite_tensors(encoder) == ["pos_embed", "blocks.0.attn.qkv.weight"]
+    with pytest.raises(NonFiniteWeightsError, match="2 tensor\\(s\\): pos_embed, blocks.0.attn.qkv.weight"):
+        save_encoder(encoder, tmp_path / "enc")
+    assert not (tmp_path / "enc").exists()  # nothing written
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("embed_dim", 1_000_000, "embed_dim 1000000 is not a whole number in \\[8, 4096\\]"),
+    ("depth", 100_000, "depth 100000 is not"),
+    ("depth", 2.5, "depth 2.5 is not"),
+    ("num_heads", 5, "embed_dim 192 is not divisible by num_heads 5"),
+    ("architecture", "hf-hub:timm/vit_base_patch16_224", "architecture 'hf-hub:timm/vit_base_patch16_224' is not one of"),
+    ("img_size", [10**9, 128], "img_size \\[1000000000, 128\\] is not"),
+])
+def test_a_crafted_encoder_config_is_refused_before_anything_is_built(tmp_path, field, value, message):
+    from asit.models import EncoderConfigError
+
+    save_encoder(_tiny(num_frames=64), tmp_path / "enc")
+    config_path = tmp_path / "enc" / "config.json"
+    config = json.loads(config_path.read_text())
+    config[field] = value
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(EncoderConfigError, match=f"^{config_path}: {message}"):
+        load_encoder(tmp_path / "enc")
+    config_path.write_text("{not json")
+    with pytest.raises(EncoderConfigError, match=f"^{config_path}: not a readable encoder config"):
+        load_encoder(tmp_path / "enc")

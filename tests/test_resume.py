@@ -92,3 +92,10 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     for part in ("student", "teacher", "losses"):
         for name, value in state_ref[part].items():
             torch.testing.assert_close(state_res[part][name], value, rtol=1e-6, atol=1e-7, msg=f"{part}.{name}")
+    # steps.jsonl: every logged step once, none lost or repeated by the kill and the resume
+    steps_ref, steps_res = (
+        [json.loads(line) for line in (o / "pretrain" / "smoke" / "steps.jsonl").read_text().splitlines()]
+        for o in (tmp_path / "reference", out)
+    )
+    assert [p["step"] for p in steps_res] == [p["step"] for p in steps_ref]
+    assert [p["loss"] for p in steps_res] == pytest.approx([p["loss"] for p in steps_ref], rel=1e-6, abs=1e-7)

@@ -26,6 +26,7 @@ from pathlib import Path
 from asit.datasets.base import (
     AudioDataset,
     DatasetLayoutError,
+    MetadataError,
     NoUsableAudioError,
     SkipLog,
     collate_clips,
@@ -139,6 +140,7 @@ __all__ = [
     "DATASET_NAMES",
     "AudioDataset",
     "DatasetLayoutError",
+    "MetadataError",
     "NoUsableAudioError",
     "SkipLog",
     "builtin_root",

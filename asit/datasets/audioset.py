@@ -25,6 +25,7 @@ from pathlib import Path
 from asit.datasets.base import (
     AudioDataset,
     DatasetLayoutError,
+    MetadataError,
     ensure_split,
     layout_hint,
     require,
@@ -37,34 +38,68 @@ LABELS_CSV = "class_labels_indices.csv"
 
 def read_class_labels(path: Path, root: Path) -> tuple[list[str], dict[str, int]]:
     """Display names ordered by index, and ``mid -> index``, from ``class_labels_indices.csv``."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if not {"index", "mid", "display_name"} <= set(reader.fieldnames or []):
             raise DatasetLayoutError("audioset", f"columns index,mid,display_name in {path}",
                                      f"columns {reader.fieldnames}", layout_hint(root, "audioset"))
-        rows = sorted((int(row["index"]), row["mid"], row["display_name"]) for row in reader)
+        rows, mid_line = [], {}
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if None in row.values() or not row["mid"]:
+                raise MetadataError("audioset", path, where, "a short row: expected index,mid,display_name")
+            try:
+                index = int(row["index"])
+            except ValueError:
+                raise MetadataError("audioset", path, where, f"index {row['index']!r} is not a whole number") from None
+            if row["mid"] in mid_line:
+                raise MetadataError("audioset", path, where, f"mid {row['mid']} is listed again (first at line {mid_line[row['mid']]})")
+            mid_line[row["mid"]] = reader.line_num
+            rows.append((index, row["mid"], row["display_name"]))
+    rows.sort()
     if [i for i, _, _ in rows] != list(range(len(rows))):
         raise DatasetLayoutError("audioset", f"indices 0..N-1 in {path}", "gaps or repeats", layout_hint(root, "audioset"))
     return [name for _, _, name in rows], {mid: i for i, mid, _ in rows}
 
 
+def _entry_problem(entry, mid_index: dict[str, int]) -> str | None:
+    """What is wrong with one manifest entry (None: nothing)."""
+    if not isinstance(entry, dict):
+        return f"{entry!r} is not an object with 'wav' and 'labels'"
+    if not isinstance(entry.get("wav"), str) or not entry["wav"]:
+        return f"'wav' is {entry.get('wav')!r}, not a file path"
+    if not isinstance(entry.get("labels"), str):
+        return f"'labels' is {entry.get('labels')!r}, not a comma-separated string of mids"
+    mids = [m.strip() for m in entry["labels"].split(",") if m.strip()]
+    unknown = [m for m in mids if m not in mid_index]
+    if unknown:
+        return f"labels {unknown} not in {LABELS_CSV}"
+    return None if mids else "no labels"
+
+
 def read_manifest(path: Path, mid_index: dict[str, int], root: Path) -> tuple[list[Path], list[tuple[int, ...]]]:
-    """Paths (resolved against the json's folder) and label-index tuples of an AST json manifest."""
+    """Paths (resolved against the json's folder) and label-index tuples of an AST json manifest.
+
+    A malformed entry, or a clip listed twice, is a :class:`~asit.datasets.base.MetadataError`
+    naming the entry (numbered from 0 in ``"data"``).
+    """
     try:
-        entries = json.loads(path.read_text())["data"]
+        entries = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))["data"]
+        if not isinstance(entries, list):
+            raise TypeError(f"'data' is a {type(entries).__name__}, not a list")
     except (ValueError, KeyError, TypeError) as err:
         raise DatasetLayoutError("audioset", f'an AST manifest {{"data": [{{"wav": ..., "labels": ...}}]}} in {path}',
                                  f"unreadable ({err!r})", layout_hint(root, "audioset")) from None
-    paths, targets = [], []
+    paths, targets, first_entry = [], [], {}
     for number, entry in enumerate(entries):
-        mids = [m.strip() for m in str(entry.get("labels", "")).split(",") if m.strip()]
-        unknown = [m for m in mids if m not in mid_index]
-        if "wav" not in entry or unknown or not mids:
-            problem = f"labels {unknown} not in {LABELS_CSV}" if unknown else f"entry {entry!r}"
-            raise DatasetLayoutError("audioset", f"entries with 'wav' and known 'labels' in {path}",
-                                     f"entry {number}: {problem}", layout_hint(root, "audioset"))
+        problem = _entry_problem(entry, mid_index)
+        if problem is None and entry["wav"] in first_entry:
+            problem = f"{entry['wav']} is listed again (first at entry {first_entry[entry['wav']]})"
+        if problem:
+            raise MetadataError("audioset", path, f"entry {number}", problem)
+        first_entry[entry["wav"]] = number
         paths.append(path.parent / entry["wav"])  # an absolute 'wav' stays as it is
-        targets.append(tuple(sorted({mid_index[m] for m in mids})))
+        targets.append(tuple(sorted({mid_index[m.strip()] for m in entry["labels"].split(",") if m.strip()})))
     return paths, targets
 
 

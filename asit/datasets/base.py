@@ -12,8 +12,9 @@ of a crop are exactly frames of the whole clip's per-clip reference fbank.
 
 Bad files never reach a model (the released ASiT code returns ``None`` and breaks collation):
 a fast header check at construction drops empty, truncated, non-audio, unreadable, too short and
-too long files; a problem found only when decoding (NaN samples) is recorded and the next good
-item is returned instead. Every skip is logged by name on the ``asit.data`` logger and counted in
+too long files; a problem found only when decoding (NaN or absurd samples) is recorded and the
+next good item is returned instead (training), or the item is marked ``valid=False`` so that an
+evaluation scores each good clip exactly once (``replace_bad=False``). Every skip is logged by name on the ``asit.data`` logger and counted in
 the data set's :class:`SkipLog`; each item carries the skips found while producing it, and
 :func:`collate_clips` gathers them per batch, so an engine can total skips found in worker
 processes too.
@@ -40,7 +41,9 @@ from asit.audio import (
     MIN_SECONDS,
     AudioError,
     NormStats,
+    check_fbank,
     compute_norm_stats,
+    display_path,
     hop_length,
     kaldi_fbank,
     load_audio,
@@ -71,6 +74,39 @@ class DatasetLayoutError(FileNotFoundError):
 
     def __reduce__(self):
         return (type(self), (self.dataset, self.expected, self.found, self.hint))
+
+
+class MetadataError(DatasetLayoutError):
+    """A malformed or inconsistent entry of a data set's metadata file (a csv row, a list line, a
+    json entry). The message is one line: data set, file, line (or entry) and what is wrong."""
+
+    def __init__(self, dataset: str, path: str | Path, where: str | None, problem: str):
+        self.dataset, self.path, self.where, self.problem = dataset, str(path), where, problem
+        self.expected, self.found, self.hint = self.path, problem, ""
+        location = display_path(path) + (f", {where}" if where else "")
+        OSError.__init__(self, f"{dataset}: {location}: {problem}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return (type(self), (self.dataset, self.path, self.where, self.problem))
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """Lines of a metadata text file. Bytes that are not UTF-8 (a file name in another encoding)
+    are kept as Python keeps such names (``surrogateescape``), so the name still opens the file."""
+    return path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+
+
+def first_duplicate(keys: Iterable[tuple[str, int]]) -> tuple[str, int, int] | None:
+    """The first ``(key, first_line, repeat_line)`` of a key seen twice in ``(key, line)`` pairs."""
+    seen: dict[str, int] = {}
+    for key, line in keys:
+        if key in seen:
+            return key, seen[key], line
+        seen[key] = line
+    return None
 
 
 class NoUsableAudioError(RuntimeError):
@@ -155,12 +191,15 @@ def problem_kind(problem: str) -> str:
         ("permission denied", "unreadable"),
         ("cannot be opened", "unreadable"),
         ("is a directory", "not a file"),
+        ("broken symbolic link", "broken link"),
         ("empty", "empty"),
         ("no samples", "empty"),
         ("truncated", "truncated"),
         ("not a readable audio file", "not audio"),
         ("cannot be decoded", "corrupt"),
+        ("filterbank with", "NaN/inf fbank"),
         ("NaN", "NaN/inf samples"),
+        ("absurd sample values", "absurd samples"),
         ("too short", "too short"),
         ("too long", "too long"),
     )
@@ -191,7 +230,7 @@ class SkipLog:
         self._paths.add(path)
         self.records.append((path, problem))
         if warn:
-            log.warning("skipping %s: %s", path, problem)
+            log.warning("skipping %s: %s", display_path(path), problem)
         return True
 
     def extend(self, records: Iterable[tuple[str, str]]) -> int:
@@ -221,6 +260,22 @@ class SkipLog:
 
     def __repr__(self) -> str:
         return f"SkipLog({self.summary()})"
+
+
+def skipped_by_split(logs: dict[str, Iterable[tuple[str, str]]]) -> dict:
+    """Bad files totalled per split, for a result JSON: ``{"total": N, "by_split": {split: n},
+    "kinds": {split: {kind: n}}, "files": {split: [[path, problem], ...]}}``.
+
+    A file is counted once per split it belongs to; paths are printable (:func:`display_path`).
+    """
+    per_split = {split: SkipLog(records) for split, records in logs.items()}
+    distinct = {path for log in per_split.values() for path, _ in log}
+    return {
+        "total": len(distinct),
+        "by_split": {split: len(log) for split, log in per_split.items()},
+        "kinds": {split: dict(log.counts) for split, log in per_split.items()},
+        "files": {split: [[display_path(path), problem] for path, problem in log] for split, log in per_split.items()},
+    }
 
 
 def check_audio_header(
@@ -262,6 +317,9 @@ class AudioDataset(Dataset):
         seed: mixed into the random generator (see :meth:`generator`).
         stats: normalisation statistics to use instead of the published / computed ones.
         skipped: a :class:`SkipLog` already holding the loader's own skips (e.g. noise files).
+        replace_bad: a clip found bad when decoding is replaced by the next good one (training:
+            every batch stays full). False (evaluation): its item is served with ``valid=False``
+            (silent wave, length 0) so that an engine drops it and scores each good clip once.
     """
 
     stats_name: str | None = None  # key into asit.audio.DATASET_STATS when the statistics are published
@@ -288,6 +346,7 @@ class AudioDataset(Dataset):
         seed: int | None = None,
         stats: NormStats | None = None,
         skipped: SkipLog | None = None,
+        replace_bad: bool = True,
     ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
@@ -307,6 +366,7 @@ class AudioDataset(Dataset):
         self.roll_once = roll_once
         self.max_seconds = max_seconds
         self.seed = seed
+        self.replace_bad = replace_bad
         self.skipped = skipped if skipped is not None else SkipLog()
         self._stats = stats
         self.paths = [str(p) for p in paths]
@@ -466,17 +526,33 @@ class AudioDataset(Dataset):
             f"{self.name} split {self.split!r}: no clip could be decoded ({self.skipped.summary()})"
         )
 
+    def _load_or_mark(self, index: int) -> tuple[torch.Tensor | None, list[tuple[str, str]]]:
+        """Clip ``index``, or None when it is bad (``replace_bad=False``: no neighbour stands in)."""
+        if index in self._bad:
+            return None, []
+        try:
+            return self.load_clip(index), []
+        except AudioError as err:
+            self._bad.add(index)
+            return None, [(err.path, err.problem)] if self.skipped.add(err.path, err.problem) else []
+
     def __getitem__(self, index: int) -> dict:
         """Item of the data contract.
 
         Returns:
             ``wave`` float32 ``(S,)`` or ``(V, S)``; ``length`` valid samples (int, or ``(V,)``);
             ``target``; ``index`` of the clip served (the next good one when ``index`` is a bad
-            file); ``skipped``: ``(path, problem)`` of bad files found while producing it.
+            file); ``skipped``: ``(path, problem)`` of bad files found while producing it;
+            ``valid``: False for a bad clip served as a placeholder (``replace_bad=False``).
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
-        i, wave, found = self._next_good(index)
+        if self.replace_bad:
+            i, wave, found = self._next_good(index)
+        else:
+            i, (wave, found) = index, self._load_or_mark(index)
+            if wave is None:
+                return self._placeholder(i, found)
         if self.roll_once:  # one roll, then every crop from it
             wave = self._roll(wave)
         views = [self._view(wave, roll=not self.roll_once) for _ in range(self.num_views)]
@@ -491,7 +567,16 @@ class AudioDataset(Dataset):
             "target": self.target(i),
             "index": i,
             "skipped": found,
+            "valid": True,
         }
+
+    def _placeholder(self, index: int, found: list[tuple[str, str]]) -> dict:
+        """The item of a bad clip in evaluation: silence of length 0, ``valid=False``."""
+        size = self.num_samples or audio.window_length(self.sample_rate)
+        shape = (size,) if self.num_views == 1 else (self.num_views, size)
+        length = 0 if self.num_views == 1 else torch.zeros(self.num_views, dtype=torch.int64)
+        return {"wave": torch.zeros(shape), "length": length, "target": self.target(index), "index": index,
+                "skipped": found, "valid": False}
 
     # ---- statistics and sampling -------------------------------------------------------------
 
@@ -580,15 +665,22 @@ def compute_dataset_stats(dataset: AudioDataset, max_clips: int | None = None) -
     """Mean and std of the unnormalised log-mel pixels of a data set's whole clips.
 
     Uses ``max_clips`` clips evenly spaced over the data set (None: all), each whole (no crop, no
-    zero-padded frames); bad files are skipped as in training.
+    zero-padded frames); bad files are skipped as in training, and so is a file whose fbank holds
+    NaN or infinite values (one such file would make the statistics NaN and every input with them).
     """
     count = len(dataset) if max_clips is None else min(len(dataset), max_clips)
     picks = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
 
     def fbanks():
         for index in picks:
-            _, wave, _ = dataset._next_good(int(index))
-            yield kaldi_fbank(wave, dataset.sample_rate)
+            while True:
+                i, wave, _ = dataset._next_good(int(index))
+                try:
+                    yield check_fbank(kaldi_fbank(wave, dataset.sample_rate), dataset.paths[i])
+                    break
+                except AudioError as err:  # marked bad: _next_good moves on to the next clip
+                    dataset._bad.add(i)
+                    dataset.skipped.add(err.path, err.problem)
 
     return compute_norm_stats(fbanks())
 
@@ -599,7 +691,8 @@ def collate_clips(batch: list[dict]) -> dict:
     Returns:
         ``wave`` ``(B, S)`` or ``(B, V, S)``; ``length`` ``(B,)`` or ``(B, V)``; ``target``
         ``(B,)`` int64 or ``(B, C)`` float; ``index`` ``(B,)``; ``skipped``: every item's
-        ``(path, problem)`` records, concatenated (found in the worker that built the batch).
+        ``(path, problem)`` records, concatenated (found in the worker that built the batch);
+        ``valid`` ``(B,)`` bool: False for the placeholder of a bad clip (``replace_bad=False``).
         Items of :class:`asit.fbank_cache.CachedFbankDataset` give ``fbank`` ``(B, T, F)`` (whole
         clips zero-padded to the longest) and ``frames`` in place of ``wave`` and ``length``.
     """
@@ -607,6 +700,7 @@ def collate_clips(batch: list[dict]) -> dict:
         "target": torch.stack([item["target"] for item in batch]),
         "index": torch.tensor([item["index"] for item in batch], dtype=torch.int64),
         "skipped": [record for item in batch for record in item.get("skipped", [])],
+        "valid": torch.tensor([bool(item.get("valid", True)) for item in batch]),
     }
     if "fbank" in batch[0]:
         fbanks = [item["fbank"] for item in batch]
@@ -625,6 +719,16 @@ def collate_clips(batch: list[dict]) -> dict:
         "length": torch.stack([torch.as_tensor(item["length"], dtype=torch.int64) for item in batch]),
         **common,
     }
+
+
+def good_rows(batch: dict) -> dict:
+    """The batch without the placeholders of bad clips (``valid`` False, see ``replace_bad``):
+    every per-clip tensor keeps the valid rows only; ``skipped`` is kept whole."""
+    valid = batch.get("valid")
+    if valid is None or bool(valid.all()):
+        return batch
+    return {key: value[valid] if torch.is_tensor(value) and value.dim() > 0 and len(value) == len(valid) else value
+            for key, value in batch.items()}
 
 
 def stack_datasets(
@@ -656,10 +760,13 @@ __all__ = [
     "base_dataset",
     "AudioDataset",
     "DatasetLayoutError",
+    "MetadataError",
     "NoUsableAudioError",
     "SkipLog",
     "check_audio_header",
     "collate_clips",
     "compute_dataset_stats",
+    "good_rows",
     "problem_kind",
+    "skipped_by_split",
 ]

@@ -21,6 +21,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -58,6 +59,10 @@ KNOWN = "known"  # sha256 argument: use the table's checksum
 
 class ChecksumError(ValueError):
     """A downloaded file's sha256 is not the expected one."""
+
+
+class CorruptArchiveError(ValueError):
+    """A downloaded archive that cannot be unpacked (cut short, not an archive); it is removed."""
 
 
 class UnsafeArchiveError(ValueError):
@@ -201,7 +206,16 @@ def download_dataset(name: str, root: str | Path | None = None, *, url: str | No
     url = url or spec.url
     sha256 = spec.sha256 if sha256 == KNOWN else sha256
     archive = download_file(url, root / PurePosixPath(spec.url).name, sha256, progress=progress)
-    extract_archive(archive, dest)
+    try:
+        extract_archive(archive, dest)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+        if isinstance(err, FileExistsError):
+            raise
+        archive.unlink(missing_ok=True)  # never reused: the next run downloads it afresh
+        raise CorruptArchiveError(
+            f"{archive} (from {url}) cannot be unpacked ({type(err).__name__}: {err}); it was removed: "
+            "run again to download it afresh, or pass --url with a good mirror"
+        ) from None
     if not (dest / spec.marker).is_file():
         raise FileNotFoundError(f"{archive} unpacked into {dest} but holds no {spec.marker}: not the expected archive")
     (dest / STAMP).write_text(json.dumps({"name": name, "url": url, "sha256": sha256}))
@@ -227,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     sha256 = None if args.sha256.lower() == "none" else args.sha256
     try:
         download_dataset(args.name, args.root, url=args.url, sha256=sha256, keep_archive=args.keep_archive, progress=not args.quiet)
-    except (ChecksumError, UnsafeArchiveError, FileExistsError, urllib.error.URLError) as err:
+    except (ChecksumError, CorruptArchiveError, UnsafeArchiveError, FileExistsError, urllib.error.URLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

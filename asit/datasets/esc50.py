@@ -24,7 +24,9 @@ from pathlib import Path
 from asit.datasets.base import (
     AudioDataset,
     DatasetLayoutError,
+    MetadataError,
     ensure_split,
+    first_duplicate,
     layout_hint,
     require,
     require_listed_files,
@@ -33,22 +35,76 @@ from asit.datasets.base import (
 
 SPLITS = ("train", "val", "trainval", "test", "all")
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
+FOLDS = (1, 2, 3, 4, 5)
+NUM_CLASSES = 50  # official targets 0..49
+
+
+def _parse_row(row: dict, meta: Path, line: int) -> dict:
+    """One csv row with ``fold`` and ``target`` as ints, or a :class:`MetadataError` naming the line."""
+    if None in row:  # csv.DictReader files surplus fields under the key None
+        raise MetadataError("esc50", meta, f"line {line}", f"{len(COLUMNS) + len(row[None])} fields, expected {len(COLUMNS)}")
+    if None in row.values():
+        raise MetadataError("esc50", meta, f"line {line}", f"{sum(v is not None for v in row.values())} fields, expected {len(COLUMNS)}")
+    parsed = dict(row)
+    for column, allowed in (("fold", FOLDS), ("target", range(NUM_CLASSES))):
+        try:
+            parsed[column] = int(row[column])
+        except ValueError:
+            raise MetadataError("esc50", meta, f"line {line}", f"{column} {row[column]!r} is not a whole number") from None
+        if parsed[column] not in allowed:
+            raise MetadataError("esc50", meta, f"line {line}",
+                                f"{column} {parsed[column]} is not one of ESC-50's {column}s {allowed[0]}..{allowed[-1]}")
+    name = row["filename"]
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise MetadataError("esc50", meta, f"line {line}", f"filename {name!r} is not a file name in audio/")
+    return parsed
+
+
+def check_esc50_rows(rows: list[dict], lines: list[int], meta: Path) -> None:
+    """Each clip listed once, one category per target, every class in every fold present.
+
+    A repeated row would put a clip in two splits (train and test); a target in only some folds
+    (a typo, an unknown id) would be a class the cross-validation cannot evaluate.
+    """
+    repeat = first_duplicate((row["filename"], line) for row, line in zip(rows, lines))
+    if repeat:
+        name, first, again = repeat
+        raise MetadataError("esc50", meta, f"line {again}", f"{name} is listed again (first at line {first}): one clip would be in two splits")
+    category, folds_of, line_of = {}, {}, {}
+    for row, line in zip(rows, lines):
+        target = row["target"]
+        if category.setdefault(target, row["category"]) != row["category"]:
+            raise MetadataError("esc50", meta, f"line {line}", f"target {target} is {row['category']!r} here but "
+                                f"{category[target]!r} at line {line_of[target]}")
+        folds_of.setdefault(target, set()).add(row["fold"])
+        line_of.setdefault(target, line)
+    present = {row["fold"] for row in rows}
+    for target, folds in sorted(folds_of.items(), key=lambda item: (len(item[1]), item[0])):  # the rarest first
+        if folds != present:
+            raise MetadataError("esc50", meta, f"line {line_of[target]}",
+                                f"class {target} ({category[target]!r}) has clips in fold(s) {sorted(folds)} only, "
+                                f"not in every fold {sorted(present)}: a wrong target or fold?")
 
 
 def read_esc50_meta(root: Path) -> list[dict]:
-    """Rows of ``meta/esc50.csv`` with ``fold`` and ``target`` as ints; checks the layout."""
+    """Rows of ``meta/esc50.csv`` with ``fold`` and ``target`` as ints; checks the layout and
+    every row (:class:`~asit.datasets.base.MetadataError` names the line of a bad one)."""
     require(root / "audio", "esc50", root, "the clips folder audio/", folder=True, marker="meta/esc50.csv")
     meta = require(root / "meta" / "esc50.csv", "esc50", root, "the metadata file meta/esc50.csv", marker="meta/esc50.csv")
-    with open(meta, newline="") as f:
+    with open(meta, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise DatasetLayoutError(
                 "esc50", f"columns {', '.join(COLUMNS)} in {meta}", f"columns {reader.fieldnames}", layout_hint(root, "esc50")
             )
-        rows = [dict(row, fold=int(row["fold"]), target=int(row["target"])) for row in reader]
+        rows, lines = [], []
+        for row in reader:
+            rows.append(_parse_row(row, meta, reader.line_num))
+            lines.append(reader.line_num)
     if not rows:
         raise DatasetLayoutError("esc50", f"one row per clip in {meta}", "no rows", layout_hint(root, "esc50"))
+    check_esc50_rows(rows, lines, meta)
     return rows
 
 

@@ -32,10 +32,12 @@ from asit.audio import MIN_SECONDS, AudioError
 from asit.datasets.base import (
     AudioDataset,
     DatasetLayoutError,
+    MetadataError,
     SkipLog,
     check_audio_header,
     ensure_split,
     layout_hint,
+    read_text_lines,
     require,
     require_listed_files,
     resolve_root,
@@ -57,8 +59,28 @@ SILENCE_SECONDS = 1.0
 SILENCE_PORTIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0), "all": (0.0, 1.0)}
 
 
-def _read_list(path: Path) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+def _read_list(path: Path, name: str) -> dict[str, int]:
+    """``{"<word>/<file>.wav": line number}`` of validation_list.txt / testing_list.txt."""
+    listed = {}
+    for number, line in enumerate(read_text_lines(path), 1):
+        rel = line.strip()
+        if not rel:
+            continue
+        parts = rel.split("/")
+        if len(parts) != 2 or not all(parts) or ".." in parts or not rel.endswith(".wav"):
+            raise MetadataError(name, path, f"line {number}", f"{rel!r} is not like 'yes/0a7c2a8d_nohash_0.wav'")
+        listed.setdefault(rel, number)
+    return listed
+
+
+def check_lists_disjoint(val_list: dict[str, int], test_list: dict[str, int], root: Path, name: str) -> None:
+    """No clip in both official lists: checked on the whole lists, before any cap picks a subset."""
+    both = sorted(set(val_list) & set(test_list), key=test_list.get)
+    if both:
+        rel = both[0]
+        raise MetadataError(name, root / "testing_list.txt", f"line {test_list[rel]}",
+                            f"{rel} is also in validation_list.txt (line {val_list[rel]}); "
+                            f"{len(both)} clip(s) are in both lists")
 
 
 def silence_segments(
@@ -118,12 +140,13 @@ class SpeechCommands(AudioDataset):
         # Published statistics exist for V2 only (AST); V1's are computed over its training split.
         self.stats_name = "speech_commands_v2" if version == 2 else None
 
-        val_list = _read_list(require(root / "validation_list.txt", name, root, "the list validation_list.txt", marker="testing_list.txt"))
-        test_list = _read_list(require(root / "testing_list.txt", name, root, "the list testing_list.txt", marker="testing_list.txt"))
+        val_list = _read_list(require(root / "validation_list.txt", name, root, "the list validation_list.txt", marker="testing_list.txt"), name)
+        test_list = _read_list(require(root / "testing_list.txt", name, root, "the list testing_list.txt", marker="testing_list.txt"), name)
+        check_lists_disjoint(val_list, test_list, root, name)
         words = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
         if not words:
             raise DatasetLayoutError(name, f"one folder per word in {root}", f"no word folders in {root}", layout_hint(root, name))
-        listed = [root / rel for rel in sorted(val_list | test_list)]
+        listed = [root / rel for rel in sorted(set(val_list) | set(test_list))]
         require_listed_files(listed, name, root, "validation_list.txt / testing_list.txt")
 
         clips = []  # (relative path, word)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from asit.datasets.base import (
     AudioDataset,
-    DatasetLayoutError,
+    MetadataError,
     ensure_split,
-    layout_hint,
+    first_duplicate,
+    read_text_lines,
     require,
     require_listed_files,
     resolve_root,
@@ -29,18 +30,23 @@ SPLIT_IDS = {"train": {"1"}, "val": {"2"}, "test": {"3"}, "all": {"1", "2", "3"}
 
 
 def read_iden_split(path: Path, root: Path) -> list[tuple[str, str]]:
-    """``(split id, relative wav path)`` per line of ``iden_split.txt``."""
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    """``(split id, relative wav path)`` per line of ``iden_split.txt``; each utterance listed once
+    (a repeated one would sit in two splits: :class:`~asit.datasets.base.MetadataError`)."""
+    entries, lines = [], []
+    for number, line in enumerate(read_text_lines(path), 1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or parts[0] not in ("1", "2", "3") or parts[1].count("/") != 2:
-            raise DatasetLayoutError(
-                "voxceleb1", f"lines like '1 id10001/1zcIwhmdeo4/00001.wav' in {path}",
-                f"line {number}: {line.strip()!r}", layout_hint(root, "voxceleb1"),
-            )
+        if len(parts) != 2 or parts[0] not in ("1", "2", "3") or parts[1].count("/") != 2 or ".." in parts[1].split("/"):
+            raise MetadataError("voxceleb1", path, f"line {number}",
+                                f"{line.strip()!r} is not like '1 id10001/1zcIwhmdeo4/00001.wav'")
         entries.append((parts[0], parts[1]))
+        lines.append(number)
+    repeat = first_duplicate((rel, number) for (_, rel), number in zip(entries, lines))
+    if repeat:
+        rel, first, again = repeat
+        raise MetadataError("voxceleb1", path, f"line {again}", f"{rel} is listed again (first at line {first}): "
+                            "one utterance would be in two splits")
     return entries
 
 
