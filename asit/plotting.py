@@ -94,4 +94,19 @@ def paper_comparison(run: dict, random_run: dict | None, task: TaskConfig, prese
     }])
 
 
-__all__ = ["average_precision_figure", "confusion_figure", "figure_path", "learning_curves", "paper_comparison"]
+def measured_sentence(run: dict, random_run: dict | None, task: TaskConfig, preset: str) -> str:
+    """The Markdown sentence notebooks 10-13 show under the comparison, written from this run's own
+    numbers (never typed into the prose): both starts' test metric, the gap, the clips scored."""
+    ours = run["metrics"][task.metric]
+    text = (f"**This run** (`{preset}` preset, seed {run.get('seed', 0)}): the {run['encoder']['kind']} "
+            f"start scored **{ours:.1f}** {task.metric}")
+    if random_run is not None:
+        base = random_run["metrics"][task.metric]
+        text += f", the random init **{base:.1f}** ({ours - base:+.1f})"
+    clips = len(run["predictions"]["targets"])
+    return text + (f", over {clips} test clips. One seed's gap is not evidence: the seed-to-seed "
+                   "spread and the label-efficiency curves (notebook 06) are.")
+
+
+__all__ = ["average_precision_figure", "confusion_figure", "figure_path", "learning_curves", "measured_sentence",
+           "paper_comparison"]
