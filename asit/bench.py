@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -144,8 +146,6 @@ def _rss_bytes() -> int | None:
 
 
 def _maxrss_bytes() -> int:
-    import resource
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
@@ -675,8 +675,6 @@ def evaluate_targets(results: dict, device: torch.device) -> dict:
 
 
 def environment(device: torch.device, args) -> dict:
-    import torchaudio
-
     env = {
         "device": device_slug(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),

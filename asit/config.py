@@ -28,17 +28,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from asit.masking import MaskingConfig
 from asit.training import apply_settings
 
-if TYPE_CHECKING:  # pragma: no cover
-    from asit.masking import MaskingConfig
 
-
-def _default_masking() -> "MaskingConfig":
-    from asit.masking import MaskingConfig
-
+def _default_masking() -> MaskingConfig:
     return MaskingConfig.released()
 
 
@@ -117,7 +113,7 @@ class PretrainConfig:
     weight_global: float = 1.0  # total = wg*L_global + wl*L_local + wr*L_rec: (1, 1, 2) earlier
     weight_local: float = 1.0  # revision (default); (0.5, 0.5, 1) later revision
     weight_reconstruction: float = 2.0
-    masking: "MaskingConfig" = field(default_factory=_default_masking)  # group masking (GMML),
+    masking: MaskingConfig = field(default_factory=_default_masking)  # group masking (GMML),
     # see asit.masking.MaskingConfig: masked fraction, block sizes, corruption type
 
     # ---------------------------------------------------------------- engineering
@@ -161,8 +157,6 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PretrainConfig":
-        from asit.masking import MaskingConfig
-
         data = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -211,8 +205,6 @@ MAY_CHANGE_ON_RESUME = (
 
 def _our_options() -> dict[str, Any]:
     """Our departures from the released code, all at once (``asit/README.md`` says why for each)."""
-    from asit.masking import MaskingConfig
-
     return dict(
         sample_rate=16_000,
         clip_mode="global_norm",
@@ -321,8 +313,6 @@ def _paper() -> PretrainConfig:
 def _paper_v2() -> PretrainConfig:
     # The later public revision, as summarised in notebooks/method.md; what it
     # does not name stays as in `paper`. ImageNet initialisation: --set init_weights=<file>.
-    from asit.masking import MaskingConfig
-
     return dataclasses.replace(
         _paper(),
         preset="paper_v2",

@@ -17,6 +17,8 @@ import textwrap
 import tokenize
 from typing import Any, Iterable
 
+import pandas as pd
+
 
 def field_notes(cls: type) -> dict[str, str]:
     """``{field: comment}`` from the source of dataclass ``cls``: the comment on a field's lines,
@@ -55,8 +57,6 @@ def differences(config: Any, reference: Any, labels: tuple[str, str], fields: It
                 skip: Iterable[str] = ()):
     """A DataFrame of the fields where ``config`` and ``reference`` (same dataclass) differ: one
     column per config (``labels``) and ``meaning``, the field's comment in its dataclass."""
-    import pandas as pd
-
     notes = field_notes(type(config))
     names = list(fields) if fields is not None else [f.name for f in dataclasses.fields(config)]
     rows = {

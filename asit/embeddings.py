@@ -30,12 +30,12 @@ from torch import nn
 
 from asit.audio import DEFAULT_SAMPLE_RATE, FRAME_LENGTH_MS, FRAME_SHIFT_MS, NormStats, frames_for_samples, window_length
 from asit.features import FbankFrontend, padding_value
+from asit.models import load_encoder
+from asit.session import repo_root
 
 
 def find_default_encoder(results_dir: str | Path | None = None) -> Path:
     """The encoder of the largest preset that ``make reproduce`` has pretrained under ``results/pretrain``."""
-    from asit.session import repo_root
-
     root = Path(results_dir or repo_root() / "results") / "pretrain"
     for preset in ("paper", "gpu", "cpu", "smoke"):
         candidate = root / preset / "encoder"
@@ -71,8 +71,6 @@ class ClipEmbedder(nn.Module):
     @classmethod
     def from_folder(cls, directory: str | Path, **kwargs) -> "ClipEmbedder":
         """An encoder folder written by :func:`asit.models.save_encoder` (stats and rate from its config)."""
-        from asit.models import load_encoder
-
         encoder = load_encoder(directory, drop_path_rate=0.0)
         config = encoder.asit_config
         stats = config.get("norm_stats")

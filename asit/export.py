@@ -38,6 +38,8 @@ from torch import nn
 
 from asit.audio import NormStats
 from asit.features import FbankFrontend
+from asit.classifier import load_classifier
+from asit.models import load_encoder
 
 DEFAULT_TOLERANCE = 1e-3  # float32 FFT and attention in another runtime: differences of ~1e-5 are usual
 OPSET = 18
@@ -74,15 +76,11 @@ def load_waveform_model(path: str | Path) -> tuple[WaveformModel, dict[str, str]
     directory = directory if directory.is_dir() else directory.parent
     config = _config(directory)
     if "format" in config:  # a classifier written by fine-tuning
-        from asit.classifier import load_classifier
-
         network, config = load_classifier(directory)
         stats = NormStats(float(config["stats"]["mean"]), float(config["stats"]["std"]))
         rate, frames, mels = int(config["sample_rate"]), int(config["num_frames"]), int(config["num_mel_bins"])
         meta = {"kind": "classifier", "classes": json.dumps(list(config["classes"])), "multilabel": json.dumps(bool(config["multilabel"]))}
     else:
-        from asit.models import load_encoder
-
         network = load_encoder(directory, drop_path_rate=0.0)
         stats_dict = config.get("norm_stats")
         if not stats_dict:
@@ -98,7 +96,7 @@ def load_waveform_model(path: str | Path) -> tuple[WaveformModel, dict[str, str]
 
 def export_onnx(model: WaveformModel, out: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` as ONNX (dynamic batch) with ``metadata`` in its ``metadata_props``."""
-    import onnx
+    import onnx  # optional (the `export` extra): imported where it is used
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +122,7 @@ class OnnxModel:
     """An exported file in onnxruntime (CPU): ``run(audio, lengths)`` -> tokens or logits, as numpy."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
-        import onnxruntime
+        import onnxruntime  # optional (the `export` extra): imported where it is used
 
         self.path = Path(path)
         if not self.path.is_file():

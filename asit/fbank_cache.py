@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from asit.atomic import atomic_write
 from asit.audio import NUM_MEL_BINS, AudioError, check_fbank, hop_length, kaldi_fbank, window_length
@@ -80,8 +81,6 @@ class FbankCache:
         fbanks, offsets, frames, problems, total = [], [], [], {}, 0
         iterator = range(len(dataset))
         if progress:
-            from tqdm.auto import tqdm
-
             iterator = tqdm(iterator, desc=f"caching fbanks of {getattr(dataset, 'name', 'dataset')}", leave=False)
         for i in iterator:
             try:

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from asit.augment import SpecAugment
 from asit.atomic import DiskFullError
@@ -145,8 +146,6 @@ def train_one_run(
 
     best = {"value": -math.inf, "epoch": -1, "state": None, "metrics": None}
     history = []
-    from tqdm.auto import tqdm
-
     # one bar per run, not per epoch
     run_bar = tqdm(total=task.epochs * state.steps_per_epoch, desc=label or "fine-tuning", disable=not progress)
     for epoch in range(task.epochs):

@@ -27,6 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import timm
+
+from asit import models
+from asit.audio import DEFAULT_SAMPLE_RATE, NormStats
+from asit.results import collect_results, comparison_table
+
 CITATION = """@article{atito2022asit,
   title   = {ASiT: Local-Global Audio Spectrogram vIsion Transformer for Event Classification},
   author  = {Atito, Sara and Awais, Muhammad and Wang, Wenwu and Plumbley, Mark D. and Kittler, Josef},
@@ -50,9 +56,6 @@ def upgrade_folder(directory: str | Path) -> bool:
 
     Returns ``True`` if it was rewritten. Weights are unchanged; every extra field is kept.
     """
-    from asit import models
-    from asit.audio import DEFAULT_SAMPLE_RATE, NormStats
-
     config = read_config(directory)
     if "pretrained_cfg" in config:
         return False
@@ -74,10 +77,6 @@ def upgrade_folder(directory: str | Path) -> bool:
 
 def check_loads(directory: str | Path):
     """Load the folder with ``timm.create_model("local-dir:...")`` as a user would; return the model."""
-    import timm
-
-    import asit.models  # noqa: F401  (registers the asit_vit_* architectures)
-
     config = read_config(directory)
     if "pretrained_cfg" not in config:
         raise ValueError(f"{directory}/config.json has no 'pretrained_cfg': timm cannot load it (python -m asit.hub card upgrades it)")
@@ -85,8 +84,6 @@ def check_loads(directory: str | Path):
 
 
 def _preset_results(results_dir: Path, preset: str) -> list[dict[str, Any]]:
-    from asit.results import collect_results, comparison_table
-
     table = collect_results(results_dir)
     if table.empty:
         return []
@@ -196,7 +193,7 @@ def push(directory: str | Path, repo_id: str, *, token: str | None = None, priva
     if not (directory / CARD_NAME).is_file():
         raise FileNotFoundError(f"{directory / CARD_NAME} is missing: write the model card first (python -m asit.hub card {directory})")
     if api is None:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # optional (the `export` extra): only uploads need it
 
         api = HfApi(token=token, library_name="asit")
     api.create_repo(repo_id, private=private, exist_ok=True)

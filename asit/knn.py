@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from asit.datasets import collate_clips, get_dataset
+from asit.datasets.base import good_rows
 
 # The split each labelled data set's k-NN uses as its memory bank (the clips with known labels);
 # the queries are always the "test" split. ESC-50's "trainval" is the four training folds of fold 1.
@@ -153,8 +154,6 @@ def _cached_batches(name: str, split: str, **options) -> list[dict]:
     if key not in _BATCHES:
         if len(_BATCHES) >= _CACHE_SIZE:
             _BATCHES.pop(next(iter(_BATCHES)))
-        from asit.datasets.base import good_rows
-
         batches = (good_rows(batch) for batch in labelled_loader(name, split, **options))
         _BATCHES[key] = [batch for batch in batches if len(batch["index"])]
     return _BATCHES[key]

@@ -407,6 +407,8 @@ def save_encoder(
     (e.g. the pretraining preset and epoch). Returns the directory. An encoder with a NaN or infinite
     weight is refused (:class:`NonFiniteWeightsError`): nothing is written.
     """
+    # Here, not at the top: _hub is a private timm module (a timm that moves it breaks only this
+    # writer, not `import asit`), and asit/__init__.py imports this module before it is complete.
     from timm.models._hub import save_config_for_hf
 
     from asit import __version__

@@ -27,6 +27,7 @@ import torch
 
 from asit.audio import AudioError, NormStats, display_path, hop_length, load_audio, prepare_wave, samples_for_frames, window_starts
 from asit.classifier import load_classifier
+from asit.export import OnnxModel
 from asit.features import FbankFrontend
 
 
@@ -37,8 +38,6 @@ class Predictor:
         self.device = torch.device(device)
         self.onnx = None
         if str(checkpoint).endswith(".onnx"):  # an export of python -m asit.export: front end inside, onnxruntime on CPU
-            from asit.export import OnnxModel
-
             self.onnx = OnnxModel(checkpoint)
             if self.onnx.kind != "classifier":
                 raise ValueError(f"{checkpoint} is an exported encoder: it has no classes; export a fine-tuned classifier")

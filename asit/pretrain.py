@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 import asit
 from asit import checkpoint as ckpt
@@ -547,8 +548,6 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     steps = run.state.steps_per_epoch
     bar = None  # one bar for the whole run (not one per epoch), on the main process only
     if progress and run.info.is_main and run.start_epoch < cfg.epochs:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.epochs * steps, initial=run.start_epoch * steps + run.start_step, desc="pretraining")
     for epoch in range(run.start_epoch, cfg.epochs):
         epoch_start = time.time()

@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader
 from asit.audio import frames_for_samples
 from asit.classifier import model_size_of
 from asit.datasets import collate_clips, get_dataset
+from asit.datasets.base import good_rows
 from asit.features import FbankFrontend
 from asit.metrics import mean_average_precision
 from asit.models import create_encoder, load_encoder
@@ -95,8 +96,6 @@ class ProbeSplit:
 
 def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None, stats=None, batch_size: int = 64) -> tuple[ProbeSplit, Any]:
     """The first ``task.clip_frames`` frames of every clip of ``split`` (zero-padded), and the data set."""
-    from asit.datasets.base import good_rows
-
     data = get_dataset(task.dataset, split, data_root=data_root, num_frames=task.clip_frames, random_crop=False,
                        replace_bad=False, **task.options)  # a bad clip is left out, never counted twice
     frontend = FbankFrontend(task.clip_frames, stats if stats is not None else data.stats, data.sample_rate)

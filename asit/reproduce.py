@@ -108,7 +108,7 @@ def run_notebook(
     cwd: Path,
     log_output: bool = False,
 ) -> None:
-    import papermill
+    import papermill  # ~2 s to import: here so that tests and `asit.book` reading the notebook list do not pay it
 
     declared = papermill.inspect_notebook(str(source))
     unknown = sorted(set(parameters) - set(declared))

@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
+import torchaudio
+
+from asit import __version__
 
 PRESETS = ("smoke", "cpu", "gpu", "paper")
 FORCE_PRESET_ENV = "ASIT_FORCE_PRESET"  # set by `make test` to "smoke"
@@ -94,20 +98,10 @@ def portable_path(path: str | Path | None, output_dir: str | Path) -> str | None
 
 def describe_environment(device: torch.device | None = None) -> str:
     """One line a learner can paste into a question: versions and the device."""
-    import torchaudio
-
-    try:
-        import timm
-
-        timm_version = timm.__version__
-    except ImportError:  # pragma: no cover - timm is a hard dependency
-        timm_version = "missing"
-    from asit import __version__
-
     device = device or pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return (
         f"asit {__version__} | python {platform.python_version()} | torch {torch.__version__} | "
-        f"torchaudio {torchaudio.__version__} | timm {timm_version} | device {device} ({name})"
+        f"torchaudio {torchaudio.__version__} | timm {timm.__version__} | device {device} ({name})"
         + (" | Colab" if in_colab() else "")
     )
