@@ -126,14 +126,7 @@ def train_one_run(
     model = AudioClassifier(encoder, data.num_classes, pool=task.pool, freeze_encoder=(mode == "linear")).to(device)
     noise = background_noise_for(task, datasets["train"])
     found = {split: SkipLog(base_dataset(data).skipped) for split, data in datasets.items()}  # header checks
-    skipped: list = []
-    if task.cache_fbanks is True if cache_fbanks is None else cache_fbanks:
-        if noise is not None:
-            raise ValueError(
-                f"task {task.name}: cache_fbanks=True cannot mix background noise into waveforms (background_noise="
-                f"{task.background_noise}); set one of them off"
-            )
-        datasets, skipped = cache_datasets(datasets, progress=progress)
+    datasets, skipped = _cached_if_asked(task, datasets, noise, cache_fbanks, progress)
     loaders = build_loaders(datasets, task, seed, device)
     state = _training_state(task, model, data, noise, len(loaders["train"]), mode, device, seed)
     windows = task.num_frames if task.eval_windows else None  # evaluation: whole clips, in windows
@@ -163,11 +156,7 @@ def train_one_run(
             "seconds": round(time.time() - started, 2),
         }
         history.append(record)
-        if log_file is not None:
-            with open(log_file, "a") as f:
-                f.write(json.dumps({"run": label.strip(": ") or None, **record}) + "\n")
-        if progress:
-            print(f"{label}epoch {epoch + 1}: loss {record['train_loss']:.4f}, val {task.metric} {value:.2f}")
+        _log_epoch(record, log_file, label, f"val {task.metric} {value:.2f}" if progress else None)
         if best["state"] is None or value > best["value"]:  # NaN (undefined) never beats a number
             best = {"value": value, "epoch": epoch + 1, "metrics": val["metrics"],
                     "state": {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}}
@@ -188,6 +177,29 @@ def train_one_run(
         "skipped": sorted({tuple(record) for log in found.values() for record in log}),
         "skipped_by_split": found,
     }
+
+
+def _cached_if_asked(task: TaskConfig, datasets: dict[str, Any], noise, cache_fbanks: bool | None,
+                     progress: bool) -> tuple[dict[str, Any], list]:
+    """The splits served from the fbank cache when asked (``None``: ``task.cache_fbanks is True``),
+    and the bad files caching found; else the splits unchanged and no skips."""
+    if not (task.cache_fbanks is True if cache_fbanks is None else cache_fbanks):
+        return datasets, []
+    if noise is not None:
+        raise ValueError(
+            f"task {task.name}: cache_fbanks=True cannot mix background noise into waveforms (background_noise="
+            f"{task.background_noise}); set one of them off"
+        )
+    return cache_datasets(datasets, progress=progress)
+
+
+def _log_epoch(record: dict[str, Any], log_file: Path | None, label: str, shown: str | None) -> None:
+    """One line per epoch in the run's ``log.jsonl``, and on screen when ``shown`` (the validation score)."""
+    if log_file is not None:
+        with open(log_file, "a") as f:
+            f.write(json.dumps({"run": label.strip(": ") or None, **record}) + "\n")
+    if shown is not None:
+        print(f"{label}epoch {record['epoch']}: loss {record['train_loss']:.4f}, {shown}")
 
 
 def _check_sample_rate(encoder: nn.Module, sample_rate: int) -> None:
@@ -279,17 +291,7 @@ def finetune(
         log_file = run_dir / "log.jsonl"
         log_file.write_text("")
 
-    folds = _folds_to_run(task, data_root)
-    if task.cache_fbanks not in (True, False, "builtin"):
-        raise ValueError(f"cache_fbanks must be True, False or 'builtin', got {task.cache_fbanks!r}")
-    use_cache = task.cache_fbanks is True or (task.cache_fbanks == "builtin" and data_root is None)
-    runs, notes = [], []
-    for fold in folds:
-        datasets = build_datasets(task, data_root, fold, seed)
-        if fold == folds[0]:
-            notes += _first_fold_checks(task, datasets, folds, data_root)
-        label = f"fold {fold}: " if fold is not None else ""
-        runs.append(train_one_run(task, datasets, checkpoint, mode, output_dir, device, progress, seed, log_file, label, use_cache))
+    folds, runs, notes = _run_folds(task, data_root, checkpoint, mode, output_dir, device, progress, seed, log_file)
     per_fold = [{"fold": fold, "best_epoch": run["best_epoch"], **run["test"]["metrics"],
                  **{f"val_{k}": v for k, v in run["val_metrics"].items()}} for fold, run in zip(folds, runs)]
     metrics = _combine(task, per_fold)
@@ -298,27 +300,7 @@ def finetune(
     metrics["skipped_files"] = bad_files["total"]
     seconds = time.time() - started
     encoder_info = runs[0]["encoder_info"]
-    result = {
-        "task": task.name,
-        "dataset": label_dataset,
-        "preset": task.preset,
-        "mode": mode,
-        "metrics": metrics,
-        "per_fold": per_fold,
-        "predictions": {key: np.concatenate([r["test"][key] for r in runs]) for key in ("scores", "targets")},
-        "classes": runs[0]["classes"],
-        "history": [r["history"] for r in runs] if task.folds else runs[0]["history"],
-        "checkpoint": encoder_info["path"] or encoder_info["kind"],
-        "encoder": encoder_info,
-        "best_epoch": [r["best_epoch"] for r in runs] if task.folds else runs[0]["best_epoch"],
-        "seconds": seconds,
-        "device": str(device),
-        "notes": notes,
-        "result_path": None,
-        "classifier_paths": [],
-        "skipped_files_by_split": bad_files,
-        "model": runs[-1]["model"],
-    }
+    result = _result_of_runs(task, label_dataset, mode, metrics, per_fold, runs, seconds, device, notes, bad_files)
     notes += _baseline_shape_notes(baseline_encoder, encoder_info)
     disk_full = None
     if write_result:  # the classifiers first, but a full disk there must not cost the result JSON
@@ -339,6 +321,52 @@ def finetune(
     if disk_full is not None:
         raise disk_full  # the result JSON is written; the missing classifier is an error all the same
     return result
+
+
+def _run_folds(task: TaskConfig, data_root, checkpoint, mode: str, output_dir, device: torch.device, progress: bool,
+               seed: int, log_file: Path | None) -> tuple[list, list[dict[str, Any]], list[str]]:
+    """One :func:`train_one_run` per fold the task runs (one run for a task without folds), the
+    checkpoint resolved by each; returns the folds, their runs and the notes of the first fold's checks."""
+    folds = _folds_to_run(task, data_root)
+    if task.cache_fbanks not in (True, False, "builtin"):
+        raise ValueError(f"cache_fbanks must be True, False or 'builtin', got {task.cache_fbanks!r}")
+    use_cache = task.cache_fbanks is True or (task.cache_fbanks == "builtin" and data_root is None)
+    runs, notes = [], []
+    for fold in folds:
+        datasets = build_datasets(task, data_root, fold, seed)
+        if fold == folds[0]:
+            notes += _first_fold_checks(task, datasets, folds, data_root)
+        label = f"fold {fold}: " if fold is not None else ""
+        runs.append(train_one_run(task, datasets, checkpoint, mode, output_dir, device, progress, seed, log_file, label, use_cache))
+    return folds, runs, notes
+
+
+def _result_of_runs(task: TaskConfig, label_dataset: str, mode: str, metrics: dict, per_fold: list, runs: list,
+                    seconds: float, device: torch.device, notes: list, bad_files: dict) -> dict[str, Any]:
+    """:func:`finetune`'s returned dict (see its docstring) from its runs; ``notes`` is kept, not copied,
+    so notes added later show in it."""
+    encoder_info = runs[0]["encoder_info"]
+    return {
+        "task": task.name,
+        "dataset": label_dataset,
+        "preset": task.preset,
+        "mode": mode,
+        "metrics": metrics,
+        "per_fold": per_fold,
+        "predictions": {key: np.concatenate([r["test"][key] for r in runs]) for key in ("scores", "targets")},
+        "classes": runs[0]["classes"],
+        "history": [r["history"] for r in runs] if task.folds else runs[0]["history"],
+        "checkpoint": encoder_info["path"] or encoder_info["kind"],
+        "encoder": encoder_info,
+        "best_epoch": [r["best_epoch"] for r in runs] if task.folds else runs[0]["best_epoch"],
+        "seconds": seconds,
+        "device": str(device),
+        "notes": notes,
+        "result_path": None,
+        "classifier_paths": [],
+        "skipped_files_by_split": bad_files,
+        "model": runs[-1]["model"],
+    }
 
 
 def _write_result(result: dict, output_dir, task: TaskConfig, metrics: dict, baseline_metrics, device, seconds: float,
