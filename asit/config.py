@@ -130,7 +130,7 @@ class PretrainConfig:
     knn_data_root: str = ""  # "" = built-in
     knn_max_clips: int = 0  # cap on clips per split for the monitor (0 = all)
     knn_clip_frames: int = 0  # 0: each clip's first num_frames; >0: its first knn_clip_frames cut into
-    # windows of num_frames, class tokens averaged (short pretraining crops see the whole 5 s event)
+    # windows of num_frames (50 % overlap), class tokens averaged (short pretraining crops see the whole 5 s event)
     knn_k: int = 20  # neighbours (DINO's 20)
     knn_temperature: float = 0.07  # weight exp(sim / T) (DINO's 0.07)
     nan_policy: str = "stop"  # non-finite loss or weights: "stop" (keep the last good checkpoint, say
@@ -270,7 +270,7 @@ def _cpu() -> PretrainConfig:
         local_crop_frames=48,
         knn_every=8,  # once, at the end (plus the random-init baseline)
         knn_max_clips=0,  # ESC-50-like events, fold 1: 160 labelled clips, 40 queries
-        knn_clip_frames=480,  # the 5 s clips as 5 windows of 96 frames
+        knn_clip_frames=480,  # the 5 s clips' first 480 frames, in 9 windows of 96
         knn_k=10,  # 16 labelled clips per class: DINO's k = 20 would outvote every class
         log_every=3,
     )

@@ -16,8 +16,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
+from asit.audio import DEFAULT_SAMPLE_RATE, frames_for_samples
 from asit.datasets import collate_clips, get_dataset
 from asit.datasets.base import good_rows
+from asit.features import padding_value
+from asit.windows import windowed_mean
 
 # The split each labelled data set's k-NN uses as its memory bank (the clips with known labels);
 # the queries are always the "test" split. ESC-50's "trainval" is the four training folds of fold 1.
@@ -34,9 +37,10 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-token features of every clip in ``loader``, L2-normalised, on the CPU.
 
-    ``window > 0``: the spectrogram is cut into consecutive windows of ``window`` frames (the
-    encoder's pretraining length) and the class tokens of the windows that hold audio are averaged:
-    the whole clip is described, not only its first second.
+    ``window > 0``: the spectrogram is cut into windows of ``window`` frames (the encoder's
+    pretraining length; :func:`asit.windows.windowed_mean`: 50 % overlap, the last window ending at
+    the clip's end) and their class tokens are averaged: the whole clip is described, not only its
+    first second. ``window = 0``: the front end's spectrogram goes to the encoder as it is.
 
     Args:
         encoder: a timm ViT (``forward_features`` returns ``(B, 1 + N, D)`` tokens, the class token
@@ -58,25 +62,25 @@ def extract_features(
         if waves.dim() == 3:  # (B, V, S): several views per clip, use the first
             waves, lengths = waves[:, 0], lengths[:, 0] if lengths.dim() == 2 else lengths
         spec = frontend(waves, lengths)  # (B, 1, T, F)
-        B, _, T, Fq = spec.shape
-        n = T // window if window and T >= 2 * window else 1
-        if n > 1:
-            spec = spec[:, :, : n * window].reshape(B, 1, n, window, Fq).transpose(1, 2).reshape(B * n, 1, window, Fq)
-        if hasattr(encoder, "forward_features"):
-            tokens = encoder.forward_features(spec)  # (B*n, 1 + N, D)
-            cls = tokens[:, 0] if tokens.dim() == 3 else tokens
+        if window:
+            rate = getattr(frontend, "sample_rate", DEFAULT_SAMPLE_RATE)
+            frames = torch.tensor([min(frames_for_samples(int(n), rate), spec.shape[2]) for n in lengths.reshape(-1).tolist()])
+            cls = windowed_mean(lambda part: _class_token(encoder, part), spec, frames, window,
+                                pad_value=padding_value(getattr(frontend, "stats", None)))
         else:
-            cls = encoder(spec)
-        if n > 1:  # mean over the windows that start inside the clip
-            hop = getattr(frontend, "sample_rate", 16_000) // 100
-            starts = torch.arange(n, device=lengths.device) * window * hop  # (n,) first sample of each window
-            holds = (starts[None, :] < lengths.reshape(B, 1)).float()  # (B, n)
-            holds[:, 0] = 1.0
-            cls = (cls.float().reshape(B, n, -1) * holds[..., None].to(cls.device)).sum(1) / holds.sum(1, keepdim=True).to(cls.device)
+            cls = _class_token(encoder, spec)
         feats.append(F.normalize(cls.float(), dim=-1).cpu())
         labels.append(torch.as_tensor(batch["target"]).long().cpu())
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+def _class_token(encoder: nn.Module, spec: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` float32: a timm ViT's class token (timm puts it first), or a plain encoder's output."""
+    if hasattr(encoder, "forward_features"):
+        tokens = encoder.forward_features(spec)  # (B, 1 + N, D)
+        return (tokens[:, 0] if tokens.dim() == 3 else tokens).float()
+    return encoder(spec).float()
 
 
 @torch.no_grad()
@@ -162,9 +166,9 @@ def _cached_batches(name: str, split: str, **options) -> list[dict]:
 class KnnProbe:
     """The k-NN evaluation of frozen encoders on one labelled data set, one split, one front end.
 
-    ``clip_frames > 0`` describes each clip by its first ``clip_frames`` frames, cut into windows of
-    the front end's length (the encoder's input), class tokens averaged (see :func:`extract_features`);
-    0 uses one window from the start of each clip.
+    ``clip_frames > 0`` describes each clip by its first ``clip_frames`` frames (rounded down to whole
+    windows), cut into windows of the front end's length (the encoder's input) at 50 % overlap, class
+    tokens averaged (see :func:`extract_features`); 0 uses one window from the start of each clip.
 
     The bank (``BANK_SPLITS``, else "train") and the queries ("test") are loaded once and kept as
     waveforms, so several encoders (pretrained, randomly initialised, ablation variants) are compared
@@ -191,7 +195,7 @@ class KnnProbe:
         self.window = frontend.num_frames  # the encoder's input length
         self.windows = max(1, clip_frames // self.window)
         sample_rate = getattr(frontend, "sample_rate", 16_000)
-        # the same normalisation as the given front end, over `windows` consecutive windows
+        # the same normalisation as the given front end, over `windows` window lengths
         self.frontend = type(frontend)(self.windows * self.window, frontend.stats, sample_rate=sample_rate).to(self.device)
         self.bank_split = BANK_SPLITS.get(dataset, "train")
         common = dict(num_frames=self.windows * self.window, data_root=data_root, max_clips=max_clips, batch_size=batch_size, sample_rate=sample_rate)

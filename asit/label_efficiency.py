@@ -16,7 +16,7 @@ Two protocols:
   cross-validation on the drawn clips only when each class has at least two);
 - ``finetune``: the whole encoder plus a linear head on its mean patch token, trained for a fixed
   number of steps on random windows of the drawn clips, scored by averaging logits over a test
-  clip's windows (:func:`finetune_few`). The fbank reference has nothing to fine-tune.
+  clip's windows (:func:`finetune_few`; both the windows of :mod:`asit.windows`). The fbank reference has nothing to fine-tune.
 
 Seed ``s`` draws the labelled clips (the same clips for every encoder) and the random init; the
 spread over seeds is drawn in the figure. Results go to ``results/label_efficiency/<name>.json``
@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from asit import probe
+from asit.features import clip_windows
+from asit.windows import random_window, windowed_mean
 
 TASKS = ("esc50", "ks2")  # single-label tasks with several clips per class in the training split
 SHOTS = (1, 2, 4, 8, 0)  # labelled clips per class; 0 = every training clip
@@ -70,16 +72,6 @@ def shot_label(shots: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning on a handful of clips
 # ---------------------------------------------------------------------------------------------
-
-
-def _windows(split: probe.ProbeSplit, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(M, n, 1, window, F)`` consecutive windows of each clip and ``(M, n)`` which hold audio."""
-    M, _, T, F = split.spec.shape
-    n = T // window
-    windows = split.spec[:, :, : n * window].reshape(M, 1, n, window, F).transpose(1, 2)
-    holds = torch.arange(n)[None, :] * window < split.frames[:, None]
-    holds[:, 0] = True
-    return windows, holds
 
 
 class MeanTokenClassifier(nn.Module):
@@ -116,8 +108,7 @@ def finetune_few(
 
     window = encoder.patch_embed.img_size[0]
     classes, train_y = np.unique(train.targets, return_inverse=True)
-    train_w, train_holds = _windows(train, window)
-    test_w, test_holds = _windows(test, window)
+    train_w, train_owner = clip_windows(train.spec, train.frames, window)  # the windows test scoring averages
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -129,11 +120,10 @@ def finetune_few(
     losses = []
     for _ in range(steps):
         clips = torch.randint(len(targets), (batch_size,), generator=generator)
-        valid = train_holds[clips].float()  # (B, n): pick one window that holds audio
-        pick = torch.multinomial(valid, 1, generator=generator)[:, 0]
+        windows = random_window(train_w, train_owner, clips, generator)  # (B, 1, window, F)
         with torch.random.fork_rng(devices=[]):  # drop path draws from the step's own seed
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            loss = nn.functional.cross_entropy(model(train_w[clips, pick]), targets[clips])
+            loss = nn.functional.cross_entropy(model(windows), targets[clips])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,9 +131,7 @@ def finetune_few(
         losses.append(float(loss.detach()))
     model.eval()
     with torch.no_grad():
-        M, n = test_holds.shape
-        logits = torch.cat([model(chunk) for chunk in test_w.flatten(0, 1).split(256)]).reshape(M, n, -1)
-        mean_logits = (logits * test_holds[..., None]).sum(1) / test_holds.sum(1, keepdim=True)
+        mean_logits = windowed_mean(model, test.spec, test.frames, window, chunk=256)  # (M, C)
     predicted = classes[mean_logits.argmax(1).numpy()]
     return {"score": 100.0 * float((predicted == test.targets).mean()), "losses": losses}
 

@@ -7,9 +7,9 @@ This module asks the same question as the k-NN monitor on every task at once, wi
 and a trained linear read-out, in one to two minutes per encoder on two CPU cores:
 
 1. each clip's spectrogram (the first ``clip_frames`` frames) is cut into windows of the encoder's
-   input length; a window's features are its class token (``token``), the mean of its patch tokens
-   (``mean``) and its patch tokens averaged over time per mel band (``bands``), each averaged over
-   the windows that hold audio;
+   input length (50 % overlap, the last ending at the clip's end: :mod:`asit.windows`); a window's
+   features are its class token (``token``), the mean of its patch tokens (``mean``) and its patch
+   tokens averaged over time per mel band (``bands``), each averaged over the clip's windows;
 2. a logistic regression (standardised features, ``C`` chosen by 3-fold cross-validation on the
    training split, never on the test split) is fitted on the training split and scored on the test
    split: accuracy, or mAP for AudioSet's multi-label classes (one regression per class);
@@ -56,6 +56,7 @@ from asit.datasets.base import good_rows
 from asit.features import FbankFrontend
 from asit.metrics import mean_average_precision
 from asit.models import create_encoder, load_encoder
+from asit.windows import windowed_mean
 
 # Regularisation strengths the cross-validation chooses from (inverse of the L2 penalty).
 PROBE_CS = (0.01, 0.1, 1.0)
@@ -122,29 +123,27 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
       cue (a voice's pitch or formants) that the encoder codes by position is lost there and kept
       here; a score far above ``mean``'s says the encoder holds that cue but pooling removes it.
 
-    The clip's frames are cut into consecutive windows of ``window`` frames (the encoder's input
-    length); windows that start past the clip's valid frames are left out of the average.
+    Each clip's valid frames are cut into windows of ``window`` frames (the encoder's input length)
+    and the three read-outs are averaged over them (:func:`asit.windows.windowed_mean`: 50 %
+    overlap, the last window ending at the clip's end).
     """
     spec = split.spec
     if spec.shape[2] < window:
         raise ValueError(f"clips of {spec.shape[2]} frames are shorter than the encoder's {window}-frame input")
     encoder.eval()
-    M, _, T, F = spec.shape
-    n = T // window
-    windows = spec[:, :, : n * window].reshape(M, 1, n, window, F).transpose(1, 2).reshape(M * n, 1, window, F)
-    tokens = [encoder.forward_features(chunk) for chunk in windows.split(batch_size)]
-    tokens = torch.cat(tokens).float()  # (M * n, 1 + N, D): timm puts the class token first
     prefix = getattr(encoder, "num_prefix_tokens", 1)
-    holds = (torch.arange(n)[None, :] * window < split.frames[:, None]).float()  # (M, n)
-    holds[:, 0] = 1.0
-    weights = (holds / holds.sum(1, keepdim=True))[..., None]  # (M, n, 1)
-    patches = tokens[:, prefix:]
-    bands = F // encoder.patch_embed.patch_size[1]  # tokens run time-major: (window / p) rows of `bands`
-    per_band = patches.reshape(M * n, -1, bands, patches.shape[-1]).mean(1).flatten(1)  # (M * n, bands * D)
-    out = {}
-    for name, per_window in (("token", tokens[:, 0]), ("mean", patches.mean(1)), ("bands", per_band)):
-        out[name] = (per_window.reshape(M, n, -1) * weights).sum(1).numpy()
-    return out
+    bands = spec.shape[3] // encoder.patch_embed.patch_size[1]  # tokens run time-major: (window / p) rows of `bands`
+
+    def read_outs(windows: torch.Tensor) -> torch.Tensor:  # (W, 1, window, F) -> (W, D + D + bands * D)
+        tokens = encoder.forward_features(windows).float()  # (W, 1 + N, D): timm puts the class token first
+        patches = tokens[:, prefix:]
+        per_band = patches.reshape(len(windows), -1, bands, patches.shape[-1]).mean(1).flatten(1)  # (W, bands * D)
+        return torch.cat([tokens[:, 0], patches.mean(1), per_band], dim=1)
+
+    pooled = windowed_mean(read_outs, spec, split.frames, window, chunk=batch_size)  # (M, D + D + bands * D)
+    dim = pooled.shape[1] // (bands + 2)
+    token, mean, per_band = pooled.split([dim, dim, bands * dim], dim=1)
+    return {"token": token.numpy(), "mean": mean.numpy(), "bands": per_band.numpy()}
 
 
 def pooled_fbank(split: ProbeSplit) -> np.ndarray:

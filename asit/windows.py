@@ -4,7 +4,10 @@ A clip longer than the model's input is cut into windows of that length
 (:func:`asit.features.clip_windows`: 50 % overlap, the last window ending at the clip's end, a
 clip shorter than a window padded), each window is scored, and the clip's score is the mean of its
 windows' scores. Fine-tuning's evaluation (:func:`asit.engine_finetune.evaluate`) scores
-validation and test clips this way, as :mod:`asit.predict` scores a file.
+validation and test clips this way, as :mod:`asit.predict` scores a file, the k-NN monitor
+(:func:`asit.knn.extract_features`) and the linear probes (:func:`asit.probe.encoder_features`)
+pool features. Training on one window per clip (:func:`asit.label_efficiency.finetune_few`) draws
+it from the same windows (:func:`random_window`).
 """
 
 from __future__ import annotations
@@ -41,4 +44,16 @@ def windowed_mean(
     return total / torch.bincount(owner, minlength=len(frames)).clamp_min(1).to(per_window.device)[:, None]
 
 
-__all__ = ["windowed_mean"]
+def random_window(windows: torch.Tensor, owner: torch.Tensor, clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``(B, 1, window, F)``: one window of each clip in ``clips``, drawn uniformly from that clip's windows.
+
+    ``windows`` and ``owner`` are :func:`asit.features.clip_windows`'s output for all the clips
+    (each clip's windows are consecutive rows); ``clips`` ``(B,)`` indexes its clips.
+    """
+    counts = torch.bincount(owner, minlength=int(owner.max()) + 1)  # (M,) windows per clip, each >= 1
+    first = torch.cumsum(counts, 0) - counts  # (M,) row of each clip's first window
+    draw = (torch.rand(len(clips), generator=generator) * counts[clips]).long()  # (B,) in [0, count)
+    return windows[first[clips] + draw]
+
+
+__all__ = ["random_window", "windowed_mean"]

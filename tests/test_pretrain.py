@@ -230,22 +230,23 @@ def test_knn_monitor_compares_with_the_same_encoder_at_init(tmp_path):
     assert (result.run_dir / "steps.jsonl").read_text().count("\n") == cfg.epochs * 2  # log_every 1, 2 steps per epoch
 
 
-def test_knn_features_average_the_windows_that_hold_audio():
+def test_knn_features_average_the_clips_windows():
     from asit.knn import extract_features
 
     class MeanOverTime(torch.nn.Module):
         def forward(self, spec):  # (B, 1, T, F) -> (B, F)
             return spec.mean(dim=(1, 2))
 
-    frontend = FbankFrontend(64, None)  # two windows of 32 frames
+    frontend = FbankFrontend(64, None)  # windows of 32 frames at 50 % overlap: starting at 0, 16 and 32
     generator = torch.Generator().manual_seed(0)
     waves = torch.randn(2, frontend.num_samples, generator=generator)
     lengths = torch.tensor([frontend.num_samples, 4000])  # the second clip ends inside the first window
     batch = {"wave": waves, "length": lengths, "target": torch.tensor([0, 1])}
     feats, labels = extract_features(MeanOverTime(), frontend, [batch], window=32)
     spec = frontend(waves, lengths)
-    whole = torch.nn.functional.normalize(spec[0, 0].mean(0), dim=0)  # two equal windows: the mean of both
-    first = torch.nn.functional.normalize(spec[1, 0, :32].mean(0), dim=0)  # only the window with audio
+    windows = torch.stack([spec[0, 0, start : start + 32].mean(0) for start in (0, 16, 32)])
+    whole = torch.nn.functional.normalize(windows.mean(0), dim=0)  # the mean of the three windows
+    first = torch.nn.functional.normalize(spec[1, 0, :32].mean(0), dim=0)  # a clip shorter than a window: one
     torch.testing.assert_close(feats[0], whole)
     torch.testing.assert_close(feats[1], first)
     assert labels.tolist() == [0, 1]

@@ -28,24 +28,23 @@ def test_pooled_fbank_uses_only_the_valid_frames():
     np.testing.assert_allclose(features[1], [5.0, 5.0, 5.0, 0.0, 0.0, 0.0])
 
 
-def test_encoder_features_average_only_windows_that_hold_audio():
+def test_encoder_features_average_the_windows_of_each_clips_valid_frames():
     encoder = _tiny_encoder(32)
     spec = torch.randn(2, 1, 96, 128)
     split = probe.ProbeSplit(spec, torch.tensor([40, 96]), np.array([0, 1]))
     features = probe.encoder_features(encoder, split, window=32)
+    # 50 % overlap, the last window ending at the clip's end: clip 0 holds 40 frames (windows at
+    # frames 0 and 8), clip 1 all 96 (at 0, 16, 32, 48 and 64)
+    starts = [(0, 8), (0, 16, 32, 48, 64)]
     with torch.no_grad():
-        tokens = encoder.forward_features(spec[:, :, :96].reshape(2, 1, 3, 32, 128).transpose(1, 2).reshape(6, 1, 32, 128))
-    cls = tokens[:, 0].reshape(2, 3, -1)
-    # clip 0 holds 40 frames: windows at frames 0 and 32, not 64
-    np.testing.assert_allclose(features["token"][0], cls[0, :2].mean(0).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(features["token"][1], cls[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
-    mean = tokens[:, 1:].mean(1).reshape(2, 3, -1)
-    np.testing.assert_allclose(features["mean"][1], mean[1].mean(0).numpy(), rtol=1e-5, atol=1e-6)
-    # bands: a 32 x 128 window is a 2 x 8 grid of patches, time-major; average the 2 rows, keep the 8 bands
-    grid = tokens[:, 1:].reshape(2, 3, 2, 8, -1)
+        tokens = [encoder.forward_features(torch.stack([spec[i, :, s : s + 32] for s in starts[i]])) for i in range(2)]
+    for i in range(2):
+        np.testing.assert_allclose(features["token"][i], tokens[i][:, 0].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(features["mean"][i], tokens[i][:, 1:].mean((0, 1)).numpy(), rtol=1e-5, atol=1e-6)
+        # bands: a 32 x 128 window is a 2 x 8 grid of patches, time-major; average the 2 rows, keep the 8 bands
+        grid = tokens[i][:, 1:].reshape(len(starts[i]), 2, 8, -1)
+        np.testing.assert_allclose(features["bands"][i], grid.mean((0, 1)).flatten().numpy(), rtol=1e-5, atol=1e-6)
     assert features["bands"].shape == (2, 8 * encoder.embed_dim)
-    np.testing.assert_allclose(features["bands"][1], grid[1].mean((0, 1)).flatten().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(features["bands"][0], grid[0, :2].mean((0, 1)).flatten().numpy(), rtol=1e-5, atol=1e-6)
     # the bands' mean is the plain mean: bands only keeps apart what mean adds together
     np.testing.assert_allclose(features["bands"].reshape(2, 8, -1).mean(1), features["mean"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="shorter than"):

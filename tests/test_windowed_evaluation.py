@@ -19,7 +19,20 @@ from asit.datasets.base import base_dataset
 from asit.engine_finetune import evaluate
 from asit.finetune import build_datasets, finetune
 from asit.tasks import get_task
+from asit.windows import random_window
 from layouts import write_esc50
+
+
+def test_random_window_draws_each_clips_own_windows_and_all_of_them():
+    spec = torch.arange(3 * 30, dtype=torch.float32).reshape(3, 1, 30, 1)  # frame t of clip b holds 30 b + t
+    windows, owner = clip_windows(spec, torch.tensor([30, 8, 20]), window=10)  # 5, 1 and 3 windows
+    clips = torch.tensor([0, 1, 2] * 200)
+    drawn = random_window(windows, owner, clips, torch.Generator().manual_seed(0))  # (600, 1, 10, 1)
+    first_frames = drawn[:, 0, 0, 0]
+    assert torch.equal((first_frames // 30).long(), clips)  # every window is its clip's
+    for clip in range(3):
+        starts = {int(w[0, 0, 0]) for w in windows[owner == clip]}
+        assert {int(f) for f in first_frames[clips == clip]} == starts  # and every one of them is drawn
 
 
 def test_clip_windows_follow_window_starts_and_name_their_clip():
