@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 from asit.clipping import clip_gradients_
 from asit.config import PretrainConfig
 from asit.features import FbankFrontend
-from asit.heads import ProjectionHead
 from asit.knn import KnnProbe
 from asit.losses import ASiTLoss, LossOutput
 from asit.masking import group_mask
@@ -121,14 +120,11 @@ def build_student(cfg: PretrainConfig) -> nn.Module:
             with_reconstruction=cfg.use_reconstruction,
             reconstruction_hidden_dim=cfg.reconstruction_hidden_dim,
             cls_token_std=cfg.cls_token_std or None,
+            head_hidden_dim=cfg.head_hidden_dim,
+            head_bottleneck_dim=cfg.head_bottleneck_dim,
             imagenet_weights=cfg.init_weights,
             **({"depth": cfg.depth} if cfg.depth else {}),
         )
-        if (cfg.head_hidden_dim, cfg.head_bottleneck_dim) != (2048, 256):  # build_asit makes the paper's head
-            student.projection = ProjectionHead(
-                student.encoder.embed_dim, hidden_dim=cfg.head_hidden_dim, bottleneck_dim=cfg.head_bottleneck_dim,
-                global_dim=cfg.global_dim, local_dim=cfg.local_dim,
-            )
     return student
 
 

@@ -250,3 +250,24 @@ def test_knn_features_average_the_clips_windows():
     torch.testing.assert_close(feats[0], whole)
     torch.testing.assert_close(feats[1], first)
     assert labels.tolist() == [0, 1]
+
+
+def test_the_student_builds_its_configured_head_once_and_the_encoder_does_not_depend_on_it(monkeypatch):
+    from asit.heads import ProjectionHead
+
+    built, real_init = [], ProjectionHead.__init__
+
+    def counted_init(self, *args, **kwargs):
+        built.append(kwargs)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProjectionHead, "__init__", counted_init)  # every head, whoever imports the class
+    cfg = get_preset("smoke")
+    assert (cfg.head_hidden_dim, cfg.head_bottleneck_dim) != (2048, 256)  # smaller than the paper's head
+    student = engine_pretrain.build_student(cfg)
+    assert len(built) == 1
+    linears = [m for m in student.projection.mlp if isinstance(m, torch.nn.Linear)]
+    assert linears[0].out_features == cfg.head_hidden_dim and linears[-1].out_features == cfg.head_bottleneck_dim
+    paper_head = engine_pretrain.build_student(dataclasses.replace(cfg, head_hidden_dim=2048, head_bottleneck_dim=256))
+    for (name, ours), theirs in zip(student.encoder.state_dict().items(), paper_head.encoder.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)  # the encoder is drawn first
