@@ -175,7 +175,10 @@ def reproduce(
         runs.append(run)
     write_results_readme(output_dir)
     if output_dir == (repo_root() / "results").resolve():  # the README quotes this checkout's results only
-        update_readme(repo_root() / "README.md", output_dir)
+        try:
+            update_readme(repo_root() / "README.md", output_dir)
+        except (OSError, ValueError, KeyError) as err:  # the runs' summary table still comes; tests/test_readme.py fails
+            print(f"warning: README.md's generated blocks not updated: {err!r}")
     return runs
 
 
