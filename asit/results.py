@@ -218,11 +218,27 @@ def load_pretraining_summaries(output_dir: str | Path) -> list[dict]:
     return summaries
 
 
+def comparison_markdown(output_dir: str | Path) -> list[str]:
+    """The lines of the per-task table (results/README.md's and the top README's), smoke runs left out."""
+    results = collect_results(output_dir)
+    table = comparison_table(results[results["preset"] != "smoke"])  # smoke runs are tests; their numbers mean nothing
+    if table.empty:
+        return ["No downstream results yet: run `make reproduce`."]
+    lines = [
+        "| task | metric | dataset | preset | ours | random init | pretraining gain | paper (ASiT) | difference | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        lines.append(
+            f"| {TASK_TITLES.get(row.task, row.task)} | {row.metric or '-'} | {row.dataset} | {row.preset} | "
+            f"{_fmt(row.ours)} | {_fmt(row.random_init)} | {_signed(row.pretraining_gain)} | "
+            f"{_fmt(row.paper_asit)} | {_signed(row.difference)} | {row.note} |"
+        )
+    return lines
+
+
 def render_results_markdown(output_dir: str | Path) -> str:
     """The body of ``results/README.md``."""
-    results = collect_results(output_dir)
-    results = results[results["preset"] != "smoke"]  # smoke runs are tests; their numbers mean nothing
-    table = comparison_table(results)
     lines = [
         "# Results",
         "",
@@ -236,20 +252,7 @@ def render_results_markdown(output_dir: str | Path) -> str:
         "Runs on the `smoke` preset (the tests' preset) are left out.",
         "",
     ]
-    if table.empty:
-        lines += ["No downstream results yet: run `make reproduce`.", ""]
-    else:
-        lines += [
-            "| task | metric | dataset | preset | ours | random init | pretraining gain | paper (ASiT) | difference | note |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in table.itertuples():
-            lines.append(
-                f"| {TASK_TITLES.get(row.task, row.task)} | {row.metric or '-'} | {row.dataset} | {row.preset} | "
-                f"{_fmt(row.ours)} | {_fmt(row.random_init)} | {_signed(row.pretraining_gain)} | "
-                f"{_fmt(row.paper_asit)} | {_signed(row.difference)} | {row.note} |"
-            )
-        lines.append("")
+    lines += comparison_markdown(output_dir) + [""]
     summaries = load_pretraining_summaries(output_dir)
     if summaries:
         lines += ["## Pretraining runs", "", "| run | epochs | final loss | k-NN accuracy (pretrained / random init) |", "|---|---|---|---|"]

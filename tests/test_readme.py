@@ -1,0 +1,64 @@
+"""The README's generated blocks: they match the committed results, and say what the numbers say."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asit.readme import BLOCKS, MARKER, label_efficiency_block, render_readme, significant
+from asit.session import repo_root
+
+
+def test_readme_blocks_are_what_the_committed_results_render():
+    readme = repo_root() / "README.md"
+    text = readme.read_text()
+    for name in BLOCKS:  # every block is there, once
+        assert text.count(MARKER.format(edge="begin", name=name)) == 1, name
+    assert render_readme(text, repo_root() / "results") == text, "README.md is stale: run python -m asit.readme"
+
+
+def _summary_row(protocol, features, pool, scores):
+    return {"task": "esc50", "protocol": protocol, "features": features, "pool": pool, "shots": 4,
+            "seeds": len(scores), "mean": sum(scores) / len(scores), "min": min(scores), "max": max(scores)}
+
+
+def _write_sweep(results_dir, pool):
+    summary = [
+        _summary_row("probe", "fbank", "mel mean+std", [60.0, 70.0]),
+        _summary_row("probe", "pretrained", pool, [50.0, 55.0]),  # every seed above every random init
+        _summary_row("probe", "random init", pool, [30.0, 40.0]),
+        _summary_row("finetune", "pretrained", pool, [30.0, 45.0]),  # the ranges overlap
+        _summary_row("finetune", "random init", pool, [35.0, 50.0]),
+        _summary_row("probe", "pretrained", "some other read-out", [1.0, 2.0]),  # not the one shown
+    ]
+    sweep = {"tasks": ["esc50"], "protocols": ["probe", "finetune"], "seeds": [0, 1], "pool_shown": pool, "summary": summary}
+    (results_dir / "label_efficiency").mkdir(parents=True)
+    (results_dir / "label_efficiency" / "cpu.json").write_text(json.dumps(sweep))
+
+
+def test_label_efficiency_block_says_whether_the_seed_ranges_overlap(tmp_path):
+    _write_sweep(tmp_path / "results", pool="bands")
+    block = label_efficiency_block(tmp_path / "results")
+    rows = {line.split(" | ")[1]: line for line in block.splitlines() if line.startswith("| esc50 |")}
+    assert rows["probe"] == ("| esc50 | probe | 52.5 [50.0, 55.0] | 35.0 [30.0, 40.0] | 65.0 [60.0, 70.0] | +17.5 | +10.0 | "
+                             "apart: every pretrained seed above every random init |")
+    assert rows["finetune"].endswith("| 37.5 [30.0, 45.0] | 42.5 [35.0, 50.0] | 65.0 [60.0, 70.0] | -5.0 | -20.0 | overlap |")
+    assert "over 2 seeds" in block and "`bands` (per-mel-band means" in block
+    assert "(results/label_efficiency/cpu.png)" in block
+
+
+def test_label_efficiency_block_takes_any_read_out_name(tmp_path):
+    _write_sweep(tmp_path / "results", pool="cls+mean")
+    block = label_efficiency_block(tmp_path / "results")
+    assert "read out by `cls+mean` (cls+mean)" in block.replace("\n", " ")
+    assert "| esc50 | probe | 52.5 [50.0, 55.0] |" in block
+
+
+def test_a_readme_without_a_block_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"notes\.md: needs exactly one block .*begin results"):
+        render_readme("# no blocks here\n", repo_root() / "results", source="notes.md")
+
+
+def test_figures_keep_three_significant_digits_without_exponents():
+    assert [significant(v) for v in (11750.0, 3482.0, 21.59, 2.605, 0.7584)] == ["11750", "3482", "21.6", "2.6", "0.758"]
