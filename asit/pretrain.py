@@ -506,11 +506,14 @@ def _report(run: _Run, summary: dict, progress: bool) -> None:
     if progress and knn_final is not None:
         shown = "-" if knn_random is None else f"{knn_random:.1f}%"
         print(f"k-NN accuracy on {run.cfg.knn_dataset}: pretrained {knn_final:.1f}%, random init {shown}", flush=True)
-    # Always said, also with --no-progress: what the run left out is part of its result.
-    where = "; see summary.json for each file and why" if summary["skipped_files"] else ""
-    print(f"data: {run.skipped.summary()}{where}", flush=True)
-    print(f"steps: skipped {summary['skipped_steps']} of {summary['steps']} with a non-finite loss or weights "
-          f"(nan_policy={run.cfg.nan_policy})", flush=True)
+    # What the run left out is part of its result: said whenever something was, also without progress
+    # (a loop of quiet runs, as notebook 05's, does not repeat "skipped nothing"; summary.json has the counts).
+    if progress or summary["skipped_files"]:
+        where = "; see summary.json for each file and why" if summary["skipped_files"] else ""
+        print(f"data: {run.skipped.summary()}{where}", flush=True)
+    if progress or summary["skipped_steps"]:
+        print(f"steps: skipped {summary['skipped_steps']} of {summary['steps']} with a non-finite loss or weights "
+              f"(nan_policy={run.cfg.nan_policy})", flush=True)
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:

@@ -46,11 +46,12 @@ def test_config_round_trip_and_override(tmp_path):
     assert get_preset("smoke", epochs=5).epochs == 5
 
 
-def test_smoke_run_end_to_end(tmp_path):
+def test_smoke_run_end_to_end(tmp_path, capsys):
     from asit.models import load_encoder
 
     cfg = smoke_config(tmp_path)
     result = engine.pretrain(cfg, progress=False)
+    assert "skipped" not in capsys.readouterr().out  # a quiet, clean run says nothing of skips
     assert len(result.history) == cfg.epochs
     lines = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
@@ -171,11 +172,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert len((run_dir / "log.jsonl").read_text().splitlines()) == 1
 
 
-def test_skip_policy_drops_and_counts_bad_steps(tmp_path, monkeypatch):
+def test_skip_policy_drops_and_counts_bad_steps(tmp_path, monkeypatch, capsys):
     cfg = smoke_config(tmp_path, nan_policy="skip")
     _nan_frontend(monkeypatch, bad_calls={1})
     result = engine.pretrain(cfg, progress=False)
     assert result.summary["skipped_steps"] == 1
+    # said also without progress, since something was left out; no files were, so no data line
+    out = capsys.readouterr().out
+    assert f"steps: skipped 1 of {result.summary['steps']}" in out and "data: skipped" not in out
     assert [h["skipped_steps"] for h in result.history] == [1, 1]
     assert all(math.isfinite(h["loss"]) for h in result.history)
     state = load_checkpoint(result.run_dir / "checkpoint.pth", cfg)
