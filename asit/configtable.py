@@ -4,7 +4,8 @@ A value such as ``depth 0``, ``max_clips 0`` or ``max_steps_per_epoch None`` say
 own ("0 = the size's standard 12", "0 = every clip", "None: the whole split"). The meaning is
 already written once, as the comment beside the field in its dataclass; this module reads those
 comments so that a table can show them next to the values, and shows ``None`` as ``None``
-(pandas would print NaN).
+(pandas would print NaN). In a notebook the table shows every note whole, wrapped and left-aligned
+(pandas cuts text at 50 characters, which cut most notes before the part that explains the value).
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def field_notes(cls: type) -> dict[str, str]:
     return {name: " ".join(parts) for name, parts in notes.items()}
 
 
+class ConfigTable(pd.DataFrame):
+    """A DataFrame whose notebook display keeps long text whole: wrapped, left-aligned, escaped."""
+
+    @property
+    def _constructor(self):
+        return ConfigTable
+
+    def _repr_html_(self) -> str:
+        cells = {"text-align": "left", "white-space": "normal", "max-width": "40em"}
+        return self.style.format(escape="html").set_properties(**cells).to_html()
+
+
 def _shown(value: Any) -> str:
     return "None" if value is None else str(value)
 
@@ -64,4 +77,4 @@ def differences(config: Any, reference: Any, labels: tuple[str, str], fields: It
                "meaning": notes.get(name, "")}
         for name in names if name not in set(skip) and getattr(config, name) != getattr(reference, name)
     }
-    return pd.DataFrame.from_dict(rows, orient="index", columns=[*labels, "meaning"])
+    return ConfigTable.from_dict(rows, orient="index", columns=[*labels, "meaning"])
