@@ -156,7 +156,8 @@ def train_one_run(
             "seconds": round(time.time() - started, 2),
         }
         history.append(record)
-        _log_epoch(record, log_file, label, f"val {task.metric} {value:.2f}" if progress else None)
+        on_screen = progress and shown_epoch(epoch + 1, task.epochs)
+        _log_epoch(record, log_file, label, f"val {task.metric} {value:.2f}" if on_screen else None)
         if best["state"] is None or value > best["value"]:  # NaN (undefined) never beats a number
             best = {"value": value, "epoch": epoch + 1, "metrics": val["metrics"],
                     "state": {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}}
@@ -191,6 +192,12 @@ def _cached_if_asked(task: TaskConfig, datasets: dict[str, Any], noise, cache_fb
             f"{task.background_noise}); set one of them off"
         )
     return cache_datasets(datasets, progress=progress)
+
+
+def shown_epoch(epoch: int, epochs: int, lines: int = 10) -> bool:
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` gets a line on screen: the first, the last and
+    every ``ceil(epochs / lines)``-th, so a 30-epoch run prints 11 lines, not 30 (log.jsonl has all)."""
+    return epoch in (1, epochs) or epoch % math.ceil(epochs / lines) == 0
 
 
 def _log_epoch(record: dict[str, Any], log_file: Path | None, label: str, shown: str | None) -> None:
@@ -266,7 +273,7 @@ def finetune(
         checkpoint: encoder dir / safetensors, ``"auto"``, ``"none"`` or ``"imagenet:<path>"``
             (:func:`asit.classifier.resolve_checkpoint`); ``output_dir`` is where ``"auto"`` looks.
         mode: ``"finetune"`` (every weight trains) or ``"linear"`` (frozen encoder, linear head).
-        device: ``None``/``"auto"``: CUDA, else MPS, else CPU. ``progress``: bars, a line per epoch.
+        device: ``None``/``"auto"``: CUDA, else MPS, else CPU. ``progress``: bars, a line per epoch (at most about 10: :func:`shown_epoch`).
         seed: seeds Python, NumPy, torch, the data order, crops and augmentations.
         write_result: write the result JSON, the epoch log and the classifier.
         baseline_metrics: the random-init run's metrics under the same budget, stored beside ours.

@@ -351,3 +351,13 @@ def test_audioset_manifests_with_other_names_are_read_when_named(tmp_path):
     assert base_dataset(parts["test"]).manifest == tmp_path / "as_eval.json" and len(parts["train"]) > 0
     with pytest.raises(Exception, match="balanced_train.json"):  # the documented name, when none is given
         build_datasets(get_task("audioset_20k", "smoke"), tmp_path)
+
+
+def test_a_long_run_prints_about_ten_epoch_lines_the_first_and_the_last_among_them():
+    from asit.finetune import shown_epoch
+
+    assert [e for e in range(1, 31) if shown_epoch(e, 30)] == [1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    assert [e for e in range(1, 4) if shown_epoch(e, 3)] == [1, 2, 3]  # short runs: every epoch
+    for epochs in (1, 7, 10, 11, 25, 100, 101):
+        shown = [e for e in range(1, epochs + 1) if shown_epoch(e, epochs)]
+        assert shown[0] == 1 and shown[-1] == epochs and len(shown) <= 12
