@@ -59,7 +59,8 @@ class ConfigTable(pd.DataFrame):
 
     def _repr_html_(self) -> str:
         cells = {"text-align": "left", "white-space": "normal", "max-width": "40em"}
-        return self.style.format(escape="html").set_properties(**cells).to_html()
+        headings = [{"selector": "th.col_heading", "props": "text-align: left;"}]  # above their text
+        return self.style.format(escape="html").set_properties(**cells).set_table_styles(headings).to_html()
 
 
 def _shown(value: Any) -> str:
