@@ -70,7 +70,8 @@ def resolve_checkpoint(
     ``kind`` is ``"pretrained"`` (path: encoder dir or safetensors file), ``"imagenet"`` (path: an
     ImageNet ViT checkpoint) or ``"random"`` (path None). ``"auto"`` looks for
     :func:`find_pretrained_encoder` ``(output_dir, preset)`` and falls back to ``"random"`` with one
-    warning (none with ``quiet``) when ``output_dir`` holds no pretraining output.
+    warning (none with ``quiet``) when ``output_dir`` holds no pretraining output; it warns too when
+    the encoder it found is another preset's run.
     """
     text = "none" if checkpoint is None else str(checkpoint)
     if text.lower() in ("none", "random", ""):
@@ -85,6 +86,14 @@ def resolve_checkpoint(
                     stacklevel=2,
                 )
             return "random", None
+        if preset and found.parent.name != preset and not quiet:
+            # e.g. notebook 04 run on smoke, then notebook 12 on cpu: a 4-step encoder would stand in silently
+            warnings.warn(
+                f"checkpoint='auto': no {preset!r} pretraining under {Path(output_dir) / 'pretrain'}; fine-tuning "
+                f"from the newest other run, {found} (preset {found.parent.name!r}): the numbers are that "
+                f"encoder's (pretrain on {preset!r} first, or name an encoder in checkpoint)",
+                stacklevel=2,
+            )
         return "pretrained", found
     if text.startswith("imagenet:"):
         path = Path(text.split(":", 1)[1]).expanduser()

@@ -117,6 +117,11 @@ def test_checkpoint_auto_prefers_the_task_presets_own_encoder(tmp_path):
         os.utime(directory / "model.safetensors", (mtime, mtime))
     assert find_pretrained_encoder(tmp_path, "cpu") == tmp_path / "pretrain" / "cpu" / "encoder"
     assert find_pretrained_encoder(tmp_path, "gpu") == tmp_path / "pretrain" / "smoke" / "encoder"  # none of its own: newest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own run: nothing to say
+        assert resolve_checkpoint("auto", tmp_path, "cpu") == ("pretrained", tmp_path / "pretrain" / "cpu" / "encoder")
+    with pytest.warns(UserWarning, match=r"no 'gpu' pretraining .*\(preset 'smoke'\)"):
+        assert resolve_checkpoint("auto", tmp_path, "gpu") == ("pretrained", tmp_path / "pretrain" / "smoke" / "encoder")
 
 
 def test_checkpoint_auto_falls_back_to_random_with_one_warning(tmp_path, capsys):
