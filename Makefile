@@ -109,9 +109,9 @@ label-efficiency: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose --shots 4
 
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,
-# 8 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/.
-# COURSE_EPOCHS=1 makes the shorter run that the session which set this up could afford (the committed
-# one). One thread: the committed losses were recorded so, and on shared cores two threads ran 10x slower.
+# 12 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/: the
+# committed course encoder is this output. COURSE_EPOCHS=N: a shorter look. One thread: the committed
+# losses were recorded so (the test compares them bit for bit), and small tensors run faster so.
 COURSE_EPOCHS ?=
 course-checkpoint: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.course $(if $(COURSE_EPOCHS),--epochs $(COURSE_EPOCHS))

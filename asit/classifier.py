@@ -29,6 +29,7 @@ from torch import nn
 
 from asit import __version__, models
 from asit.audio import DEFAULT_SAMPLE_RATE, NUM_MEL_BINS, NormStats
+from asit.course import committed_encoder
 from asit.tasks import TaskConfig
 
 CLASSIFIER_FORMAT = "asit-classifier"
@@ -46,10 +47,13 @@ _SIZE_BY_WIDTH = {192: "tiny", 384: "small", 768: "base"}
 def find_pretrained_encoder(output_dir: str | Path, preset: str | None = None) -> Path | None:
     """The pretraining output ``"auto"`` means, or None.
 
-    ``<output_dir>/pretrain/<preset>/encoder`` when ``preset`` is given and that run exists (so a
-    smoke test run never stands in for the cpu preset's encoder); else the newest
-    ``<output_dir>/pretrain/*/encoder`` (by its weights' mtime).
+    On the ``cpu`` preset the committed course encoder (:mod:`asit.course`, the longer pretraining
+    of the same architecture) when present; else ``<output_dir>/pretrain/<preset>/encoder`` when
+    ``preset`` is given and that run exists (so a smoke test run never stands in for the cpu
+    preset's encoder); else the newest ``<output_dir>/pretrain/*/encoder`` (by its weights' mtime).
     """
+    if preset == "cpu" and committed_encoder() is not None:
+        return committed_encoder()
     if preset:
         own = Path(output_dir) / "pretrain" / preset / "encoder"
         if (own / "model.safetensors").is_file():

@@ -29,11 +29,13 @@ and a figure beside it.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -42,7 +44,7 @@ from asit import probe
 from asit.features import clip_windows
 from asit.windows import random_window, windowed_mean
 
-TASKS = ("esc50", "ks2")  # single-label tasks with several clips per class in the training split
+TASKS = ("esc50", "ks2", "voxceleb1")  # the single-label tasks with several clips per class to train on
 SHOTS = (1, 2, 4, 8, 0)  # labelled clips per class; 0 = every training clip
 PROTOCOLS = ("probe", "finetune")
 PRETRAINED, RANDOM = "pretrained", "random init"
@@ -104,8 +106,6 @@ def finetune_few(
     ``steps`` is fixed whatever the number of clips, so every label count costs the same. The
     encoder given is left untouched. Returns ``{"score", "losses"}`` (the per-step training losses).
     """
-    import copy
-
     window = encoder.patch_embed.img_size[0]
     classes, train_y = np.unique(train.targets, return_inverse=True)
     train_w, train_owner = clip_windows(train.spec, train.frames, window)  # the windows test scoring averages
@@ -236,8 +236,6 @@ def patch_statistics(split: probe.ProbeSplit, patch: int = 16) -> dict[str, np.n
 
 def _no_blocks(encoder: nn.Module) -> nn.Module:
     """A copy of ``encoder`` without its transformer blocks: patch embedding, positions, final norm."""
-    import copy
-
     shallow = copy.deepcopy(encoder)
     shallow.blocks = nn.Sequential()
     return shallow
@@ -309,8 +307,6 @@ def gap(summary: list[dict[str, Any]], task: str, protocol: str, shots: int = 4,
 
 def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL):
     """One panel per (protocol, task): accuracy against labels per class, seed range shaded."""
-    import matplotlib.pyplot as plt
-
     panels = sorted({(r["protocol"], r["task"]) for r in summary}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     styles = {PRETRAINED: ("C0", "o"), RANDOM: ("C3", "s"), probe.FBANK: ("0.4", "^")}
@@ -368,7 +364,8 @@ def run(
     started = time.perf_counter()
     rows = []
     for task in tasks:
-        rows += sweep_task(task, encoder, shots, seeds, protocols, finetune_steps, progress=progress)
+        rows += sweep_task(task, encoder, shots, seeds, protocols, finetune_steps, progress=progress,
+                           pools=probe.POOLS)  # every read-out: section 4 of notebook 06 compares them
     summary = summarise(rows)
     result = {
         "encoder": str(encoder), "tasks": list(tasks), "shots": list(shots), "seeds": list(seeds),
@@ -379,8 +376,6 @@ def run(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(f"# Label efficiency: {name}\n\nWritten by `asit.label_efficiency.run`.\n\n" + markdown(result))
-    import matplotlib.pyplot as plt
-
     plt.close(plot(summary, out.with_suffix(".png")))
     if progress:
         print(f"wrote {out} and {out.with_suffix('.png')} ({result['seconds']:.0f} s)")

@@ -5,7 +5,8 @@
     python -m asit.reproduce --preset gpu -p seed 1        # extra parameters for every notebook
 
 Each notebook runs in order into ``results/executed/<notebook>__<preset>.ipynb`` (never over the
-source). The pretraining notebook's encoder is handed to the downstream notebooks through their
+source). The encoder the downstream notebooks fine-tune (on the ``cpu`` preset the committed course
+encoder, else the pretraining notebook's) is handed to them through their
 ``checkpoint`` parameter. A failing notebook is reported with its cell and error and the others
 still run; the run ends with a summary table and exits non-zero if any notebook failed.
 Finally ``results/README.md`` is regenerated from the result files, and the top README's generated
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asit.course import committed_encoder
 from asit.readme import update_readme
 from asit.results import TASK_METRICS, write_results_readme
 from asit.session import FORCE_PRESET_ENV, PRESETS, repo_root
@@ -129,6 +131,15 @@ def run_notebook(
     )
 
 
+def downstream_encoder(output_dir: Path, preset: str) -> Path | None:
+    """The encoder the downstream notebooks (10 and up) fine-tune: on the ``cpu`` preset the committed
+    course encoder (:mod:`asit.course`) when present, else this preset's pretraining output, or None."""
+    if preset == "cpu" and committed_encoder() is not None:
+        return committed_encoder()
+    own = output_dir / "pretrain" / preset / "encoder"
+    return own if own.exists() else None
+
+
 def reproduce(
     preset: str,
     only: str | None = None,
@@ -148,14 +159,13 @@ def reproduce(
         print(f"warning: ${FORCE_PRESET_ENV}={os.environ[FORCE_PRESET_ENV]} overrides --preset inside the notebooks")
 
     base = {"preset": preset, "output_dir": _seen_from(output_dir, notebook_dir), **(extra_parameters or {})}
-    encoder_dir = output_dir / "pretrain" / preset / "encoder"
     runs: list[NotebookRun] = []
     print(f"Reproducing {len(notebooks)} notebook(s) with preset '{preset}' -> {output_dir / 'executed'}")
     for source in notebooks:
         run = NotebookRun(source.stem, executed_path=output_dir / "executed" / f"{source.stem}__{preset}.ipynb")
         parameters = dict(base)
-        # The downstream notebooks start from this preset's pretraining output when there is one.
-        if int(source.stem[:2]) >= 10 and "checkpoint" not in parameters and encoder_dir.exists():
+        encoder_dir = downstream_encoder(output_dir, preset)  # looked up again: notebook 04 makes one
+        if int(source.stem[:2]) >= 10 and "checkpoint" not in parameters and encoder_dir is not None:
             parameters["checkpoint"] = _seen_from(encoder_dir, notebook_dir)
         print(f"- {source.name} ...", flush=True)
         started = time.time()

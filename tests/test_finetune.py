@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from asit import models
+from asit import classifier, models
 from asit.config import get_preset
 from asit.classifier import (
     AudioClassifier,
@@ -110,7 +110,8 @@ def test_checkpoint_auto_picks_the_newest_encoder(tmp_path):
     assert resolve_checkpoint("auto", tmp_path) == ("pretrained", tmp_path / "pretrain" / "new" / "encoder")
 
 
-def test_checkpoint_auto_prefers_the_task_presets_own_encoder(tmp_path):
+def test_checkpoint_auto_prefers_the_task_presets_own_encoder(tmp_path, monkeypatch):
+    monkeypatch.setattr(classifier, "committed_encoder", lambda: None)  # a copy without the course encoder
     for name, mtime in (("cpu", 1_000_000), ("smoke", 2_000_000)):  # a newer smoke run must not stand in for cpu
         directory = tmp_path / "pretrain" / name / "encoder"
         models.save_encoder(models.create_encoder("tiny", 64, depth=1), directory, {})
@@ -122,6 +123,16 @@ def test_checkpoint_auto_prefers_the_task_presets_own_encoder(tmp_path):
         assert resolve_checkpoint("auto", tmp_path, "cpu") == ("pretrained", tmp_path / "pretrain" / "cpu" / "encoder")
     with pytest.warns(UserWarning, match=r"no 'gpu' pretraining .*\(preset 'smoke'\)"):
         assert resolve_checkpoint("auto", tmp_path, "gpu") == ("pretrained", tmp_path / "pretrain" / "smoke" / "encoder")
+
+
+def test_checkpoint_auto_on_cpu_reads_the_committed_course_encoder_first(tmp_path, monkeypatch):
+    course_encoder = tmp_path / "course_checkpoint" / "encoder"
+    monkeypatch.setattr(classifier, "committed_encoder", lambda: course_encoder)
+    own = tmp_path / "pretrain" / "cpu" / "encoder"
+    models.save_encoder(models.create_encoder("tiny", 64, depth=1), own, {})
+    assert find_pretrained_encoder(tmp_path, "cpu") == course_encoder  # the longer pretraining wins
+    assert find_pretrained_encoder(tmp_path, "smoke") == own  # other presets: their run, else the newest
+    assert resolve_checkpoint("auto", tmp_path, "cpu") == ("pretrained", course_encoder)
 
 
 def test_checkpoint_auto_falls_back_to_random_with_one_warning(tmp_path, capsys):
