@@ -75,7 +75,7 @@ def resolve_checkpoint(
     ImageNet ViT checkpoint) or ``"random"`` (path None). ``"auto"`` looks for
     :func:`find_pretrained_encoder` ``(output_dir, preset)`` and falls back to ``"random"`` with one
     warning (none with ``quiet``) when ``output_dir`` holds no pretraining output; it warns too when
-    the encoder it found is another preset's run.
+    the encoder it found is another preset's run (not when it is the cpu preset's course encoder).
     """
     text = "none" if checkpoint is None else str(checkpoint)
     if text.lower() in ("none", "random", ""):
@@ -90,8 +90,9 @@ def resolve_checkpoint(
                     stacklevel=2,
                 )
             return "random", None
-        if preset and found.parent.name != preset and not quiet:
-            # e.g. notebook 04 run on smoke, then notebook 12 on cpu: a 4-step encoder would stand in silently
+        another_run = found.parent.parent == Path(output_dir) / "pretrain" and found.parent.name != preset
+        if preset and another_run and not quiet:
+            # e.g. notebook 04 run on smoke, then notebook 12 on gpu: a 4-step encoder would stand in silently
             warnings.warn(
                 f"checkpoint='auto': no {preset!r} pretraining under {Path(output_dir) / 'pretrain'}; fine-tuning "
                 f"from the newest other run, {found} (preset {found.parent.name!r}): the numbers are that "
