@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,8 @@ def encoder_for(preset: str, output_dir: str | Path, checkpoint: str = "auto") -
     """
     if checkpoint != "auto":
         return checkpoint, "given"  # a folder, or "none" for a random init, as asit.classifier reads it
-    if preset == "cpu" and committed_encoder() is not None:
-        return committed_encoder(), "the committed course checkpoint"
+    if preset == "cpu" and committed_encoder() is not None:  # relative: printed paths name no machine
+        return Path(os.path.relpath(committed_encoder())), "the committed course checkpoint"
     cfg = get_preset(preset, output_dir=str(output_dir))
     own = cfg.run_dir() / "encoder"
     if (own / "model.safetensors").is_file():
