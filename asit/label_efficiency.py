@@ -305,6 +305,12 @@ def gap(summary: list[dict[str, Any]], task: str, protocol: str, shots: int = 4,
             "pretrained": ours["mean"], "random init": theirs["mean"]}
 
 
+def chance_level(rows: list[dict[str, Any]], task: str) -> float | None:
+    """Percent a guess scores on ``task``: 100 / classes (a 1-shot draw holds one clip per class), or None."""
+    one_shot = [r["train_clips"] for r in rows if r["task"] == task and r["shots"] == 1]
+    return 100.0 / one_shot[0] if one_shot else None
+
+
 def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL):
     """One panel per (protocol, task): accuracy against labels per class, seed range shaded."""
     panels = sorted({(r["protocol"], r["task"]) for r in summary}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
@@ -421,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                [p for p in args.protocols.split(",") if p], args.finetune_steps, args.output_dir)
 
 
-__all__ = ["diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["chance_level", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

@@ -100,3 +100,10 @@ def test_pretraining_then_finetuning_twice_with_one_seed_gives_identical_losses(
         runs.append((steps, le.finetune_few(encoder, short, short, seed=0, steps=4, batch_size=4)["losses"]))
     assert runs[0][0] == runs[1][0] and runs[0][0].count("\n") >= 2  # every logged pretraining loss
     assert runs[0][1] == runs[1][1]  # every fine-tuning loss
+
+
+def test_chance_level_reads_the_class_count_off_the_one_shot_draw():
+    rows = [{"task": "ks2", "shots": 1, "train_clips": 35}, {"task": "ks2", "shots": 4, "train_clips": 140},
+            {"task": "esc50", "shots": 4, "train_clips": 40}]
+    assert le.chance_level(rows, "ks2") == pytest.approx(100 / 35)
+    assert le.chance_level(rows, "esc50") is None  # no 1-shot draw: the class count is not known
