@@ -1,8 +1,8 @@
 """The fine-tuned classifier: the model, its file format, and where its encoder comes from.
 
 - :func:`resolve_checkpoint` turns a ``--checkpoint`` argument into a starting point: a
-  pretrained encoder directory or safetensors file, ``"auto"`` (``<output_dir>/pretrain/<preset>/encoder``
-  of the task's preset, else the newest ``<output_dir>/pretrain/*/encoder``; a random init with a
+  pretrained encoder directory or safetensors file, ``"auto"`` (:func:`asit.course.preset_encoder`:
+  the course encoder on ``cpu``, else ``<output_dir>/pretrain/<preset>/encoder``; else the newest ``<output_dir>/pretrain/*/encoder``; a random init with a
   warning when there is none), ``"none"`` (random init) or ``"imagenet:<path>"`` (ImageNet ViT
   weights); :func:`build_encoder` builds it at the task's input length (the positional embedding
   is interpolated, ``asit.models.load_encoder``), :func:`same_architecture` gives a random-init
@@ -29,7 +29,7 @@ from torch import nn
 
 from asit import __version__, models
 from asit.audio import DEFAULT_SAMPLE_RATE, NUM_MEL_BINS, NormStats
-from asit.course import committed_encoder
+from asit.course import preset_encoder
 from asit.tasks import TaskConfig
 
 CLASSIFIER_FORMAT = "asit-classifier"
@@ -52,12 +52,9 @@ def find_pretrained_encoder(output_dir: str | Path, preset: str | None = None) -
     ``preset`` is given and that run exists (so a smoke test run never stands in for the cpu
     preset's encoder); else the newest ``<output_dir>/pretrain/*/encoder`` (by its weights' mtime).
     """
-    if preset == "cpu" and committed_encoder() is not None:
-        return committed_encoder()
-    if preset:
-        own = Path(output_dir) / "pretrain" / preset / "encoder"
-        if (own / "model.safetensors").is_file():
-            return own
+    found = preset_encoder(preset, output_dir) if preset else None
+    if found is not None:
+        return found
     candidates = [
         d for d in Path(output_dir).glob("pretrain/*/encoder") if (d / "model.safetensors").is_file()
     ]

@@ -49,22 +49,33 @@ def committed_encoder() -> Path | None:
     return folder if (folder / "model.safetensors").is_file() else None
 
 
+def preset_encoder(preset: str, output_dir: str | Path) -> Path | None:
+    """The pretrained encoder a downstream run of ``preset`` starts from, or None when there is none.
+
+    On the ``cpu`` preset the committed course encoder (the longer pretraining of the same
+    architecture) when present; else this preset's pretraining run, ``<output_dir>/pretrain/<preset>/encoder``.
+    The one rule :func:`encoder_for`, :func:`asit.classifier.find_pretrained_encoder` and
+    :mod:`asit.reproduce` follow.
+    """
+    if preset == "cpu" and committed_encoder() is not None:
+        return committed_encoder()
+    own = Path(output_dir) / "pretrain" / preset / "encoder"
+    return own if (own / "model.safetensors").is_file() else None
+
+
 def encoder_for(preset: str, output_dir: str | Path, checkpoint: str = "auto") -> tuple[Path | str, str]:
     """The encoder a downstream notebook should read, and where it came from.
 
-    ``checkpoint="auto"``: on the ``cpu`` preset the committed course encoder when present; else this
-    preset's pretraining run under ``output_dir`` when present; else that pretraining, run now.
-    Any other value (an encoder folder, or "none" for a random init) is returned as it is.
+    ``checkpoint="auto"``: :func:`preset_encoder`, else this preset's pretraining, run now. Any
+    other value (an encoder folder, or "none" for a random init) is returned as it is.
     """
     if checkpoint != "auto":
         return checkpoint, "given"  # a folder, or "none" for a random init, as asit.classifier reads it
-    if preset == "cpu" and committed_encoder() is not None:  # relative: printed paths name no machine
-        return Path(os.path.relpath(committed_encoder())), "the committed course checkpoint"
-    cfg = get_preset(preset, output_dir=str(output_dir))
-    own = cfg.run_dir() / "encoder"
-    if (own / "model.safetensors").is_file():
-        return own, f"this preset's pretraining run ({cfg.run_dir()})"
-    return pretrain(cfg).encoder_dir, f"a {preset} pretraining run just now"
+    found = preset_encoder(preset, output_dir)
+    if found is not None:  # relative: printed paths name no machine
+        course = found == committed_encoder()
+        return Path(os.path.relpath(found)), "the committed course checkpoint" if course else "this preset's pretraining run"
+    return pretrain(get_preset(preset, output_dir=str(output_dir))).encoder_dir, f"a {preset} pretraining run just now"
 
 
 def make_checkpoint(output_dir: str | Path = "results/runs", destination: str | Path | None = None, **overrides) -> Path:

@@ -6,8 +6,8 @@
 One run, step by step:
 
 1. **Starting point** (:func:`asit.classifier.resolve_checkpoint`): a pretrained encoder directory or safetensors
-   file, ``"auto"`` (``<output_dir>/pretrain/<preset>/encoder`` of the task's preset, else the
-   newest ``<output_dir>/pretrain/*/encoder``; a random init with a warning when there is none),
+   file, ``"auto"`` (:func:`asit.course.preset_encoder`: the course encoder on ``cpu``, else
+   ``<output_dir>/pretrain/<preset>/encoder``; else the newest ``<output_dir>/pretrain/*/encoder``; a random init with a warning when there is none),
    ``"none"`` (random init) or ``"imagenet:<path>"`` (ImageNet ViT weights). A random or ImageNet
    init has the task config's ``model_size`` and ``depth``, which :func:`asit.tasks.get_task` copies
    from the pretraining preset of the same name; :func:`asit.classifier.same_architecture` gives the random-init

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asit.course import committed_encoder
+from asit.course import preset_encoder
 from asit.readme import update_readme
 from asit.results import TASK_METRICS, write_results_readme
 from asit.session import FORCE_PRESET_ENV, PRESETS, repo_root
@@ -131,15 +131,6 @@ def run_notebook(
     )
 
 
-def downstream_encoder(output_dir: Path, preset: str) -> Path | None:
-    """The encoder the downstream notebooks (10 and up) fine-tune: on the ``cpu`` preset the committed
-    course encoder (:mod:`asit.course`) when present, else this preset's pretraining output, or None."""
-    if preset == "cpu" and committed_encoder() is not None:
-        return committed_encoder()
-    own = output_dir / "pretrain" / preset / "encoder"
-    return own if own.exists() else None
-
-
 def reproduce(
     preset: str,
     only: str | None = None,
@@ -164,7 +155,7 @@ def reproduce(
     for source in notebooks:
         run = NotebookRun(source.stem, executed_path=output_dir / "executed" / f"{source.stem}__{preset}.ipynb")
         parameters = dict(base)
-        encoder_dir = downstream_encoder(output_dir, preset)  # looked up again: notebook 04 makes one
+        encoder_dir = preset_encoder(preset, output_dir)  # looked up again: notebook 04 makes one
         if int(source.stem[:2]) >= 10 and "checkpoint" not in parameters and encoder_dir is not None:
             parameters["checkpoint"] = _seen_from(encoder_dir, notebook_dir)
         print(f"- {source.name} ...", flush=True)

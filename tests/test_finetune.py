@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from asit import classifier, models
+from asit import course, models
 from asit.config import get_preset
 from asit.classifier import (
     AudioClassifier,
@@ -111,7 +111,7 @@ def test_checkpoint_auto_picks_the_newest_encoder(tmp_path):
 
 
 def test_checkpoint_auto_prefers_the_task_presets_own_encoder(tmp_path, monkeypatch):
-    monkeypatch.setattr(classifier, "committed_encoder", lambda: None)  # a copy without the course encoder
+    monkeypatch.setattr(course, "committed_encoder", lambda: None)  # a copy without the course encoder
     for name, mtime in (("cpu", 1_000_000), ("smoke", 2_000_000)):  # a newer smoke run must not stand in for cpu
         directory = tmp_path / "pretrain" / name / "encoder"
         models.save_encoder(models.create_encoder("tiny", 64, depth=1), directory, {})
@@ -127,7 +127,7 @@ def test_checkpoint_auto_prefers_the_task_presets_own_encoder(tmp_path, monkeypa
 
 def test_checkpoint_auto_on_cpu_reads_the_committed_course_encoder_first(tmp_path, monkeypatch):
     course_encoder = tmp_path / "course_checkpoint" / "encoder"
-    monkeypatch.setattr(classifier, "committed_encoder", lambda: course_encoder)
+    monkeypatch.setattr(course, "committed_encoder", lambda: course_encoder)
     own = tmp_path / "pretrain" / "cpu" / "encoder"
     models.save_encoder(models.create_encoder("tiny", 64, depth=1), own, {})
     assert find_pretrained_encoder(tmp_path, "cpu") == course_encoder  # the longer pretraining wins
@@ -170,7 +170,7 @@ def test_random_init_follows_a_retuned_pretraining_preset(monkeypatch, tmp_path)
 
     original = asit.config.get_preset
     monkeypatch.setattr(asit.config, "get_preset", lambda name, **kw: original(name, **{**kw, "depth": 3}))
-    monkeypatch.setattr(classifier, "committed_encoder", lambda: None)  # a copy without the course encoder
+    monkeypatch.setattr(course, "committed_encoder", lambda: None)  # a copy without the course encoder
     task = get_task("ks2", "cpu")
     assert task.depth == 3
     with pytest.warns(UserWarning, match="RANDOM"):  # "auto" with nothing to find: the same shape

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 
 import nbsetup
 from nbclean import problems
+
+from asit.results import PAPER_RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -113,3 +116,17 @@ def test_the_method_reference_is_in_the_repository_and_its_cited_sections_exist(
     cited = subprocess.run(["git", "grep", "-l", "shared/reference", "--", "asit", "notebooks", "README.md"],
                            cwd=ROOT, capture_output=True, text=True)
     assert cited.stdout.strip() == "", "cite notebooks/method.md, which the repository holds"
+
+
+# The paper's numbers the task notebooks cite in their introductions: one table holds them.
+CITED = {"10_esc50": ("esc50",), "11_audioset": ("audioset_20k", "audioset_2m"), "12_speech_commands": ("ks2", "ks1")}
+
+
+@pytest.mark.parametrize("stem", sorted(CITED))
+def test_cited_paper_numbers_are_the_results_table(stem):
+    cells = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    text = " ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    sentence = re.search(r"The paper reports (.*?)\(cited", text, re.S)
+    assert sentence, f"{stem}: no 'The paper reports ... (cited' sentence"
+    quoted = [float(x) for x in re.findall(r"\d+\.\d+", sentence.group(1))]
+    assert quoted == [PAPER_RESULTS["ASiT"][task] for task in CITED[stem]]
