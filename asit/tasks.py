@@ -265,9 +265,9 @@ _PRESET_CHANGES: dict[str, dict[str, Any]] = {
     ),
     "cpu": dict(
         # Sized so that one notebook (a pretrained run and a random-init run, ESC-50 over all 5
-        # folds) takes one to three minutes on 2 CPU cores; the encoder is the cpu pretraining
+        # folds) takes one to two minutes on 2 CPU cores, and `make reproduce` under 15; the encoder is the cpu pretraining
         # preset's (4-block ViT-Ti, see asit.config), so inputs and steps are cheap.
-        epochs={"esc50": 12, "audioset_20k": 30, "audioset_2m": 1, "ks1": 30, "ks2": 30, "voxceleb1": 40},
+        epochs={"esc50": 6, "audioset_20k": 15, "audioset_2m": 1, "ks1": 12, "ks2": 12, "voxceleb1": 20},
         pool="mean",  # the class token of a 4-block ViT-Ti does not learn to gather in a few hundred steps
         batch_size=8,
         eval_batch_size=64,
@@ -285,8 +285,8 @@ _PRESET_CHANGES: dict[str, dict[str, Any]] = {
             "cpu preset (our choice, measured on 2 CPU cores): the cpu pretraining preset's 4-block ViT-Ti "
             "(model_size and depth come from asit.config, for the pretrained and the random-init run alike); "
             "0.96 s inputs as in that pretraining (AudioSet 1.92 s, VoxCeleb1 1.28 s), evaluated on whole clips "
-            "in windows of that length (eval_windows); a few hundred steps of batch 8 (ESC-50 12 epochs per fold "
-            "over all 5 folds, AudioSet 30, KS 30, VoxCeleb1 40) at lr 3e-4 with half an epoch of warm-up. The head "
+            "in windows of that length (eval_windows); a few hundred steps of batch 8 (ESC-50 6 epochs per fold "
+            "over all 5 folds, AudioSet 15, KS 12, VoxCeleb1 20) at lr 3e-4 with half an epoch of warm-up. The head "
             "reads the mean patch token (pool 'mean', as Audio-MAE and BEATs fine-tune), not the class token. "
             "Augmentation is light: no mixup, no background noise, no stochastic depth, SpecAugment 12 bins / "
             "12-24 frames. Data: fbanks cached once on disk (cache_fbanks) and read in the main process "

@@ -63,6 +63,11 @@ def test_notebook_has_the_course_shape(path):
     for node in tree.body:  # papermill parameters are flat literals; derived values come later
         assert isinstance(node, ast.Assign), "the parameters cell holds assignments only"
         ast.literal_eval(node.value)
+    # what `papermill --help-notebook` shows: every parameter with its comment as help
+    from papermill.translators import PythonTranslator
+
+    inspected = {p.name for p in PythonTranslator.inspect({"source": _source(params)})}
+    assert inspected == names, f"papermill cannot parse the lines of {names - inspected} ('=' in a comment?)"
     following = next(c for c in cells[tagged[0] + 1 :] if c["cell_type"] == "code")
     assert "resolve_preset(preset)" in _source(following), "the cell after the parameters resolves the preset"
     text = " ".join(_source(c).lower() for c in cells if c["cell_type"] == "markdown")

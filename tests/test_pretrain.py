@@ -256,6 +256,29 @@ def test_knn_features_average_the_clips_windows():
     assert labels.tolist() == [0, 1]
 
 
+def test_knn_probe_measures_each_set_of_weights_once_per_process(tmp_path, monkeypatch):
+    from layouts import write_esc50
+
+    from asit.knn import KnnProbe
+
+    write_esc50(tmp_path / "esc", num_classes=3, clips_per_fold=2)
+    cfg = smoke_config(tmp_path)
+    probe = lambda: KnnProbe("esc50", FbankFrontend(cfg.num_frames, None), data_root=tmp_path / "esc", k=3)
+    measured = []
+    real_features = KnnProbe.features
+    monkeypatch.setattr(KnnProbe, "features", lambda self, enc: measured.append(1) or real_features(self, enc))
+    first = probe().accuracy(engine.initial_encoder(cfg))
+    again = probe().accuracy(engine.initial_encoder(cfg))  # a new probe, a new copy of the same init
+    assert again == first and len(measured) == 1
+    changed = engine.initial_encoder(cfg)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1.0)
+    probe().accuracy(changed)
+    other_k = KnnProbe("esc50", FbankFrontend(cfg.num_frames, None), data_root=tmp_path / "esc", k=1)
+    other_k.accuracy(engine.initial_encoder(cfg))
+    assert len(measured) == 3  # other weights, other probe settings: measured again
+
+
 def test_the_student_builds_its_configured_head_once_and_the_encoder_does_not_depend_on_it(monkeypatch):
     from asit.heads import ProjectionHead
 
