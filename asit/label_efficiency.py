@@ -19,11 +19,15 @@ Two protocols:
   clip's windows (:func:`finetune_few`; both the windows of :mod:`asit.windows`). The fbank reference has nothing to fine-tune.
 
 Seed ``s`` draws the labelled clips (the same clips for every encoder) and the random init; the
-spread over seeds is drawn in the figure. Results go to ``results/label_efficiency/<name>.json``
-and a figure beside it.
+spread over seeds is drawn in the figure. ESC-50 is scored on its fold 1 by default (40 built-in
+test clips, 2.5 points a clip); ``--folds 1-5`` scores every fold in turn, each fold's labelled
+clips drawn from its four other folds, and reports the mean over the folds (the paper's 5-fold
+protocol: every clip scored once, five times the test clips). Results go to
+``results/label_efficiency/<name>.json`` and a figure beside it.
 
     python -m asit.label_efficiency results/pretrain/cpu/encoder --name cpu
     python -m asit.label_efficiency ENC --tasks ks2 --shots 1,4 --seeds 3 --protocols probe
+    python -m asit.label_efficiency ENC --tasks esc50 --seeds 5 --folds 1-5   # 5-fold ESC-50
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -150,6 +155,35 @@ def _features(encoder: nn.Module, split: probe.ProbeSplit) -> dict[str, np.ndarr
     return probe.encoder_features(encoder, split, encoder.patch_embed.img_size[0])
 
 
+def scored_folds(task_name: str, folds: Sequence[int] | None) -> list[int | None]:
+    """The test folds a sweep of ``task_name`` scores on: ``[None]`` (the probe task's own split) or ``folds``.
+
+    Only a task split by folds (ESC-50) takes ``folds``; the others have one fixed test split.
+    """
+    if not folds:
+        return [None]
+    if "fold" not in probe.PROBE_TASKS[task_name].options:
+        return [None]
+    return [int(f) for f in folds]
+
+
+def _merge_folds(per_fold: list[list[dict[str, Any]]], folds: list[int]) -> list[dict[str, Any]]:
+    """One row per point: the score averaged over the test folds (each fold's score kept in ``fold_scores``).
+
+    Every fold of ESC-50 holds the same number of clips per class, so the mean of the folds'
+    accuracies equals the accuracy over all clips, each scored once, by a read-out that never saw it.
+    """
+    merged = []
+    for rows in zip(*per_fold):  # the folds' rows come in the same order, point by point
+        first = rows[0]
+        scores = [r["score"] for r in rows]
+        row = {**first, "score": float(np.mean(scores)), "fold_scores": scores, "test_folds": folds}
+        if "final_loss" in first:
+            row["final_loss"] = float(np.mean([r["final_loss"] for r in rows]))
+        merged.append(row)
+    return merged
+
+
 def sweep_task(
     task_name: str,
     encoder_path: str | Path | nn.Module,
@@ -160,25 +194,46 @@ def sweep_task(
     data_root: str | Path | None = None,
     progress: bool = True,
     pools: Sequence[str] = (POOL,),
+    folds: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Every (features, protocol, shots, seed) score of one task: one row each.
 
     ``pools``: the encoders' probe read-outs (:data:`asit.probe.POOLS`); each costs one regression
     per point, and :func:`diagnose_task` compares them all at one label count.
+    ``folds``: ESC-50's test folds (e.g. ``1..5``, the paper's cross-validation); each fold draws
+    its labelled clips from its own training folds, and a row's score is the mean over the folds
+    (:func:`_merge_folds`). Default: the probe task's fold 1. Other tasks ignore it.
 
     Rows: ``{"task", "protocol", "features", "pool", "shots", "seed", "score", "train_clips"}``
-    (``shots`` 0 = all; ``train_clips``: how many labelled clips were drawn).
+    (``shots`` 0 = all; ``train_clips``: how many labelled clips were drawn, per fold).
     """
     task = probe.PROBE_TASKS[task_name]
-    train, data = probe.load_split(task, task.train_split, data_root)
-    test, _ = probe.load_split(task, task.test_split, data_root, stats=data.stats)
-    if data.multilabel:
-        raise ValueError(f"{task_name} is multi-label: label efficiency is measured on single-label tasks")
     pretrained = probe._encoder(encoder_path, None)
+    randoms = {s: probe._encoder(probe.random_init(s), pretrained) for s in seeds}
+    test_folds = scored_folds(task_name, folds)
+    per_fold = []
+    for fold in test_folds:
+        fold_task = task if fold is None else replace(task, options={**task.options, "fold": fold})
+        train, data = probe.load_split(fold_task, task.train_split, data_root)
+        test, _ = probe.load_split(fold_task, task.test_split, data_root, stats=data.stats)
+        if data.multilabel:
+            raise ValueError(f"{task_name} is multi-label: label efficiency is measured on single-label tasks")
+        label = task_name if fold is None else f"{task_name} fold {fold}"
+        per_fold.append(_sweep_split(task_name, label, train, test, pretrained, randoms, shots, seeds, protocols,
+                                     finetune_steps, progress, pools))
+    return per_fold[0] if test_folds == [None] else _merge_folds(per_fold, test_folds)
+
+
+def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seeds, protocols,
+                 finetune_steps, progress, pools) -> list[dict[str, Any]]:
+    """:func:`sweep_task`'s rows for one training and one test split."""
     encoders = {(PRETRAINED, s): pretrained for s in seeds}
-    encoders.update({(RANDOM, s): probe._encoder(probe.random_init(s), pretrained) for s in seeds})
+    encoders.update({(RANDOM, s): randoms[s] for s in seeds})
     fbank_train, fbank_test = probe.pooled_fbank(train), probe.pooled_fbank(test)
-    features = {key: (_features(enc, train), _features(enc, test)) for key, enc in encoders.items() if "probe" in protocols}
+    features = {}
+    if "probe" in protocols:
+        once = {id(enc): (_features(enc, train), _features(enc, test)) for enc in encoders.values()}
+        features = {key: once[id(enc)] for key, enc in encoders.items()}  # the pretrained encoder read once
     rows = []
     for k in shots:
         for seed in seeds:
@@ -201,7 +256,7 @@ def sweep_task(
             if progress:
                 shown = [f"{r['protocol']} {r['features']} {r['score']:.1f}" for r in rows[-8:]
                          if r["shots"] == k and r["seed"] == seed and r["pool"] in (POOL, "mel mean+std")]
-                print(f"{task_name} k={shot_label(k)} seed {seed}: " + " | ".join(shown), flush=True)
+                print(f"{label} k={shot_label(k)} seed {seed}: " + " | ".join(shown), flush=True)
     return rows
 
 
@@ -340,7 +395,9 @@ def markdown(result: dict[str, Any], pool: str = POOL) -> str:
     """The sweep as Markdown: one row per (task, protocol, features), mean [min, max] per label count."""
     summary = [r for r in result["summary"] if r["pool"] in (pool, "mel mean+std")]
     shots = sorted({r["shots"] for r in summary}, key=lambda k: k or 10**6)
+    folds = result.get("esc50_test_folds", [1])
     lines = [f"Encoder `{result['encoder']}`; seeds {result['seeds']}; fine-tuning {result['finetune_steps']} steps; "
+             f"ESC-50 test fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}; "
              f"probe read-out `{pool}` (pooled fbank: each mel bin's mean and std). Test accuracy in percent, "
              "seed mean [lowest, highest].", "",
              "| task | protocol | features | " + " | ".join(f"k = {shot_label(k)}" for k in shots) + " |",
@@ -364,18 +421,23 @@ def run(
     finetune_steps: int = 60,
     output_dir: str | Path = "results",
     progress: bool = True,
+    folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """The whole sweep; writes ``<output_dir>/label_efficiency/<name>.json`` and ``.png``, returns the json."""
+    """The whole sweep; writes ``<output_dir>/label_efficiency/<name>.json`` and ``.png``, returns the json.
+
+    ``folds``: ESC-50's test folds (:func:`sweep_task`); None scores fold 1 only.
+    """
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     started = time.perf_counter()
     rows = []
     for task in tasks:
         rows += sweep_task(task, encoder, shots, seeds, protocols, finetune_steps, progress=progress,
-                           pools=probe.POOLS)  # every read-out: section 4 of notebook 06 compares them
+                           pools=probe.POOLS, folds=folds)  # every read-out: section 4 of notebook 06 compares them
     summary = summarise(rows)
     result = {
         "encoder": str(encoder), "tasks": list(tasks), "shots": list(shots), "seeds": list(seeds),
         "protocols": list(protocols), "finetune_steps": finetune_steps, "pool_shown": POOL,
+        "esc50_test_folds": [f for f in scored_folds("esc50", folds) if f is not None] or [1],
         "seconds": round(time.perf_counter() - started, 1), "summary": summary, "rows": rows,
     }  # fmt: skip
     out = Path(output_dir) / "label_efficiency" / f"{name}.json"
@@ -412,6 +474,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: label draws and random inits")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune or both")
     parser.add_argument("--finetune-steps", type=int, default=60, help="optimizer steps per fine-tuning run (batch 16)")
+    parser.add_argument("--folds", default="1", help="ESC-50's test folds, e.g. 1-5 (the paper's 5-fold "
+                        "cross-validation: each fold's read-out learns from the other four); default fold 1")
     parser.add_argument("--output-dir", default="results")
     parser.add_argument("--diagnose", action="store_true",
                         help="instead of the sweep: probe every step from the pooled fbank to the encoders' read-outs "
@@ -423,11 +487,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tasks = [t for t in args.tasks.split(",") if t]
     if args.diagnose:
         return diagnose(args.encoder, name, tasks, shots[0], list(range(args.seeds)), args.output_dir)
-    return run(args.encoder, name, [t for t in args.tasks.split(",") if t], shots, list(range(args.seeds)),
-               [p for p in args.protocols.split(",") if p], args.finetune_steps, args.output_dir)
+    return run(args.encoder, name, tasks, shots, list(range(args.seeds)), [p for p in args.protocols.split(",") if p],
+               args.finetune_steps, args.output_dir, folds=parse_folds(args.folds))
 
 
-__all__ = ["chance_level", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+def parse_folds(text: str) -> list[int] | None:
+    """``"1"`` -> None (fold 1, the default split); ``"1-5"`` or ``"1,3"`` -> those folds."""
+    start, dash, stop = text.partition("-")
+    folds = list(range(int(start), int(stop) + 1)) if dash else [int(f) for f in text.split(",") if f.strip()]
+    if not folds or min(folds) < 1:
+        raise ValueError(f"--folds takes fold numbers from 1, e.g. 1-5 or 1,2; got {text!r}")
+    return None if folds == [1] else folds
+
+
+__all__ = ["chance_level", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

@@ -107,3 +107,35 @@ def test_chance_level_reads_the_class_count_off_the_one_shot_draw():
             {"task": "esc50", "shots": 4, "train_clips": 40}]
     assert le.chance_level(rows, "ks2") == pytest.approx(100 / 35)
     assert le.chance_level(rows, "esc50") is None  # no 1-shot draw: the class count is not known
+
+
+def test_sweep_over_esc50_folds_averages_each_fold_scored_on_its_own(tmp_path, monkeypatch):
+    from layouts import write_esc50
+
+    torch.set_num_threads(1)
+    esc = write_esc50(tmp_path / "esc50", num_classes=2, clips_per_fold=2, folds=5, seconds=0.6)
+    monkeypatch.setattr(probe, "PROBE_TASKS", {"esc50": probe.ProbeTask("esc50", "trainval", "test", 64, {"fold": 1})})
+    encoder = _tiny_encoder()
+    kwargs = dict(shots=(1, 0), seeds=(0, 1), protocols=("probe",), data_root=esc, progress=False)
+    merged = le.sweep_task("esc50", encoder, folds=[1, 2, 3], **kwargs)
+    one_fold = {f: le.sweep_task("esc50", encoder, folds=[f], **kwargs) for f in (1, 2, 3)}
+    default = le.sweep_task("esc50", encoder, **kwargs)  # no folds: the probe task's own fold 1
+    assert [r["score"] for r in default] == [r["fold_scores"][0] for r in one_fold[1]]
+    assert len(merged) == len(default)
+    for i, row in enumerate(merged):
+        assert row["test_folds"] == [1, 2, 3]
+        assert row["fold_scores"] == [one_fold[f][i]["score"] for f in (1, 2, 3)]
+        assert row["score"] == pytest.approx(np.mean(row["fold_scores"]))
+        assert row["train_clips"] == (2 if row["shots"] == 1 else 16)  # drawn from the four other folds
+    fbank = [r for r in merged if r["features"] == probe.FBANK and r["shots"] == 0]
+    assert fbank and all(r["score"] == 100.0 for r in fbank)  # distinct tones per class: read on every fold
+
+
+def test_parse_folds_reads_ranges_and_lists():
+    assert le.parse_folds("1") is None
+    assert le.parse_folds("1-5") == [1, 2, 3, 4, 5]
+    assert le.parse_folds("2,4") == [2, 4]
+    assert le.scored_folds("esc50", [2, 4]) == [2, 4]
+    assert le.scored_folds("ks2", [1, 2]) == [None]  # a task with one fixed test split ignores folds
+    with pytest.raises(ValueError, match="fold numbers from 1"):
+        le.parse_folds("0-2")
