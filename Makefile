@@ -25,14 +25,15 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval
 # what it provides, so other systems (conda, Homebrew) pass when they have them.
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1
 
-.PHONY: help system venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint
+.PHONY: help system venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint \
+	le-esc50 le-ks2 le-voxceleb1 le-diagnosis
 
 help:
 	@echo "make reproduce   set up, build the built-in data, run every notebook (PRESET=$(PRESET))"
 	@echo "make test        set up, run the unit tests and the notebook tests (nbval, smoke preset)"
 	@echo "make lab         JupyterLab on notebooks/ with the project's kernel"
 	@echo "make bench       python -m asit.bench (prints and writes results/benchmarks/)"
-	@echo "make label-efficiency  the label-efficiency sweep of the course encoder, 5 seeds (results/label_efficiency/)"
+	@echo "make label-efficiency  the label-efficiency sweep of the course encoder, 5 seeds (results/label_efficiency/; -j2: 2 at once)"
 	@echo "make course-checkpoint pretrain the course encoder once and copy it to results/course_checkpoint/"
 	@echo "make data        (re)build the built-in data sets under data/builtin"
 	@echo "make system      check the system packages ($(SYSTEM_PACKAGES)); as root, install them"
@@ -102,10 +103,18 @@ test-notebooks: $(STAMP) $(BUILTIN_DATA)
 	ASIT_FORCE_PRESET=smoke $(PY) -m pytest notebooks $(NBVAL_FLAGS)
 
 # The label sweep with more seeds than notebook 06 runs: 1, 2, 4, 8, all labels per class, probe and
-# fine-tuning, the course encoder (results/course_checkpoint) against 5 random inits and the pooled fbank.
+# fine-tuning, the course encoder (results/course_checkpoint) against 5 random inits and the pooled fbank;
+# ESC-50 on all five test folds. One process a task, one thread each: `make -j2 label-efficiency` runs
+# two side by side (each task's rows depend on that task alone). README.md's block lists the files.
 LE_ENCODER ?= results/course_checkpoint/encoder
-label-efficiency: $(STAMP) $(BUILTIN_DATA)
-	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course_5seeds --seeds 5
+LE_SWEEP = OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --seeds 5
+label-efficiency: le-esc50 le-ks2 le-voxceleb1 le-diagnosis
+	$(PY) -m asit.readme
+le-esc50: $(STAMP) $(BUILTIN_DATA)
+	$(LE_SWEEP) --tasks esc50 --folds 1-5 --name course_5seeds_5folds_esc50
+le-ks2 le-voxceleb1: le-%: $(STAMP) $(BUILTIN_DATA)
+	$(LE_SWEEP) --tasks $* --name course_5seeds_$*
+le-diagnosis: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose --shots 4
 
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,

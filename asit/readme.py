@@ -115,6 +115,40 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
     return "\n".join(lines)
 
 
+# The files `make label-efficiency` writes, one task each (ESC-50 on all five test folds).
+LONG_SWEEPS = ("course_5seeds_5folds_esc50", "course_5seeds_ks2", "course_5seeds_voxceleb1")
+
+
+def scored_on(result: dict[str, Any], task: str) -> str:
+    """Which test clips a task's scores cover: ESC-50's folds, the others' one test split."""
+    if task != "esc50":
+        return "test split"
+    folds = result.get("esc50_test_folds", [1])
+    return f"folds {folds[0]}-{folds[-1]}" if len(folds) > 1 else f"fold {folds[0]}"
+
+
+def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS) -> str:
+    """One table of the ``make label-efficiency`` files at ``LABEL_SHOTS`` labels per class."""
+    found = [(name, results_dir / "label_efficiency" / f"{name}.json") for name in names]
+    missing = [str(path.relative_to(results_dir.parent)) for _, path in found if not path.is_file()]
+    lines = [
+        "| task | scored on | seeds | protocol | pretrained | random init | pooled fbank | lead | margin | seed ranges |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    links = []
+    for name, path in found:
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        links.append(f"[`{name}`]({path.with_suffix('.md').relative_to(results_dir.parent)})")
+        for task in result["tasks"]:
+            scored = f"| {task} | {scored_on(result, task)} | {len(result['seeds'])} |"
+            lines += [row.replace(f"| {task} |", scored, 1) for row in label_efficiency_rows(result) if row.startswith(f"| {task} |")]
+    intro = paragraph(f"The same headline from the longer sweep of `make label-efficiency` ({', '.join(links) or 'not run yet'}), "
+                      "with the columns as above.")
+    return "\n".join([intro, "", *lines] + (["", f"Not run yet: {', '.join(missing)}."] if missing else []))
+
+
 def performance_rows(sections: dict[str, Any], targets: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, ours, released path, ratio) for the loader, masking, fbank and end-to-end figures."""
     rows = []
@@ -176,6 +210,7 @@ def t4_block(results_dir: Path) -> str:
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": results_block,
     "label-efficiency": label_efficiency_block,
+    "label-efficiency-long": long_sweep_block,
     "performance": performance_block,
     "t4-estimate": t4_block,
 }

@@ -62,3 +62,23 @@ def test_a_readme_without_a_block_is_an_error_naming_it():
 
 def test_figures_keep_three_significant_digits_without_exponents():
     assert [significant(v) for v in (11750.0, 3482.0, 21.59, 2.605, 0.7584)] == ["11750", "3482", "21.6", "2.6", "0.758"]
+
+
+def test_long_sweep_block_names_the_folds_scored_and_the_files_not_run(tmp_path):
+    from asit.readme import long_sweep_block
+
+    results = tmp_path / "results"
+    _write_sweep(results, pool="mean")
+    sweep_file = results / "label_efficiency" / "cpu.json"
+    sweep = json.loads(sweep_file.read_text())
+    sweep["esc50_test_folds"] = [1, 2, 3, 4, 5]
+    sweep_file.rename(results / "label_efficiency" / "five_folds.json")
+    (results / "label_efficiency" / "five_folds.json").write_text(json.dumps(sweep))
+    block = long_sweep_block(results, names=("five_folds", "never_run"))
+    assert ("| esc50 | folds 1-5 | 2 | probe | 52.5 [50.0, 55.0] | 35.0 [30.0, 40.0] | 65.0 [60.0, 70.0] | +17.5 | +10.0 | "
+            "apart: every pretrained seed above every random init |") in block.splitlines()
+    assert "(results/label_efficiency/five_folds.md)" in block
+    assert block.splitlines()[-1] == "Not run yet: results/label_efficiency/never_run.json."
+    del sweep["esc50_test_folds"]  # a sweep from before --folds: fold 1
+    (results / "label_efficiency" / "five_folds.json").write_text(json.dumps(sweep))
+    assert "| esc50 | fold 1 | 2 | probe |" in long_sweep_block(results, names=("five_folds",))
