@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import textwrap
@@ -127,10 +128,14 @@ def scored_on(result: dict[str, Any], task: str) -> str:
     return f"folds {folds[0]}-{folds[-1]}" if len(folds) > 1 else f"fold {folds[0]}"
 
 
-def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS) -> str:
-    """One table of the ``make label-efficiency`` files at ``LABEL_SHOTS`` labels per class."""
+def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS, links_from: Path | None = None) -> str:
+    """One table of the ``make label-efficiency`` files at ``LABEL_SHOTS`` labels per class.
+
+    Links are relative to ``links_from`` (default: the folder above ``results_dir``, the README's).
+    """
+    start = links_from if links_from is not None else results_dir.parent
     found = [(name, results_dir / "label_efficiency" / f"{name}.json") for name in names]
-    missing = [str(path.relative_to(results_dir.parent)) for _, path in found if not path.is_file()]
+    missing = [os.path.relpath(path, start) for _, path in found if not path.is_file()]
     lines = [
         "| task | scored on | seeds | protocol | pretrained | random init | pooled fbank | lead | margin | seed ranges |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -140,7 +145,7 @@ def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS) ->
         if not path.is_file():
             continue
         result = json.loads(path.read_text())
-        links.append(f"[`{name}`]({path.with_suffix('.md').relative_to(results_dir.parent)})")
+        links.append(f"[`{name}`]({os.path.relpath(path.with_suffix('.md'), start)})")
         for task in result["tasks"]:
             scored = f"| {task} | {scored_on(result, task)} | {len(result['seeds'])} |"
             lines += [row.replace(f"| {task} |", scored, 1) for row in label_efficiency_rows(result) if row.startswith(f"| {task} |")]
