@@ -105,7 +105,9 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
         f"from [`{path.relative_to(results_dir.parent)}`]({path.relative_to(results_dir.parent)}). The encoders are read "
         f"out by `{pool}` ({POOL_WORDS.get(pool, pool)}); the pooled fbank is a linear probe of the mel bands' mean "
         "and standard deviation. *Lead*: pretrained mean minus random-init mean; *margin*: the worst pretrained "
-        "seed minus the best random init (positive: the seed ranges are apart, pretraining ahead)."),
+        "seed minus the best random init (positive: the seed ranges are apart, pretraining ahead)."
+        + (f" ESC-50 is scored on its {scored_on(result, 'esc50')} (each fold's labels drawn from the other folds, "
+           "the mean over the folds)." if "esc50" in result["tasks"] and len(result.get("esc50_test_folds", [1])) > 1 else "")),
         "",
         "| task | protocol | pretrained | random init | pooled fbank | lead | margin | seed ranges |",
         "|---|---|---|---|---|---|---|---|",
