@@ -82,3 +82,15 @@ def test_long_sweep_block_names_the_folds_scored_and_the_files_not_run(tmp_path)
     del sweep["esc50_test_folds"]  # a sweep from before --folds: fold 1
     (results / "label_efficiency" / "five_folds.json").write_text(json.dumps(sweep))
     assert "| esc50 | fold 1 | 2 | probe |" in long_sweep_block(results, names=("five_folds",))
+
+
+def test_long_sweep_block_lists_the_files_make_label_efficiency_writes():
+    import re
+    import subprocess
+
+    from asit.readme import LONG_SWEEPS
+
+    dry_run = subprocess.run(["make", "-n", "label-efficiency"], cwd=repo_root(), capture_output=True, text=True, check=True).stdout
+    sweeps = re.findall(r"asit\.label_efficiency \S+ --seeds 5 .*--name (\S+)", dry_run)
+    assert sorted(sweeps) == sorted(LONG_SWEEPS)
+    assert "--folds 1-5 --name course_5seeds_5folds_esc50" in dry_run  # ESC-50 on every fold
