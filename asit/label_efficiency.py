@@ -174,8 +174,11 @@ def _merge_folds(per_fold: list[list[dict[str, Any]]], folds: list[int]) -> list
     accuracies equals the accuracy over all clips, each scored once, by a read-out that never saw it.
     """
     merged = []
-    for rows in zip(*per_fold):  # the folds' rows come in the same order, point by point
+    point = ("protocol", "features", "pool", "shots", "seed")
+    for rows in zip(*per_fold, strict=True):  # the folds' rows come in the same order, point by point
         first = rows[0]
+        if any([r[k] for k in point] != [first[k] for k in point] for r in rows):
+            raise RuntimeError(f"the folds' rows are out of step at {[first[k] for k in point]}")
         scores = [r["score"] for r in rows]
         row = {**first, "score": float(np.mean(scores)), "fold_scores": scores, "test_folds": folds}
         if "final_loss" in first:
@@ -396,9 +399,11 @@ def markdown(result: dict[str, Any], pool: str = POOL) -> str:
     summary = [r for r in result["summary"] if r["pool"] in (pool, "mel mean+std")]
     shots = sorted({r["shots"] for r in summary}, key=lambda k: k or 10**6)
     folds = result.get("esc50_test_folds", [1])
+    scored = ""
+    if any(r["task"] == "esc50" for r in summary):  # which ESC-50 folds the scores cover
+        scored = f"ESC-50 test fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}; "
     lines = [f"Encoder `{result['encoder']}`; seeds {result['seeds']}; fine-tuning {result['finetune_steps']} steps; "
-             f"ESC-50 test fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}; "
-             f"probe read-out `{pool}` (pooled fbank: each mel bin's mean and std). Test accuracy in percent, "
+             f"{scored}probe read-out `{pool}` (pooled fbank: each mel bin's mean and std). Test accuracy in percent, "
              "seed mean [lowest, highest].", "",
              "| task | protocol | features | " + " | ".join(f"k = {shot_label(k)}" for k in shots) + " |",
              "|---|---|---|" + "---|" * len(shots)]

@@ -139,3 +139,14 @@ def test_parse_folds_reads_ranges_and_lists():
     assert le.scored_folds("ks2", [1, 2]) == [None]  # a task with one fixed test split ignores folds
     with pytest.raises(ValueError, match="fold numbers from 1"):
         le.parse_folds("0-2")
+
+
+def test_merging_folds_refuses_rows_out_of_step():
+    row = {"task": "esc50", "protocol": "probe", "features": "pretrained", "pool": "mean", "shots": 4, "seed": 0,
+           "train_clips": 40}
+    merged = le._merge_folds([[{**row, "score": 40.0}], [{**row, "score": 50.0}]], [1, 2])
+    assert merged == [{**row, "score": 45.0, "fold_scores": [40.0, 50.0], "test_folds": [1, 2]}]
+    with pytest.raises(RuntimeError, match="out of step"):
+        le._merge_folds([[{**row, "score": 40.0}], [{**row, "seed": 1, "score": 50.0}]], [1, 2])
+    with pytest.raises(ValueError):  # a fold with fewer rows than the others
+        le._merge_folds([[{**row, "score": 40.0}], []], [1, 2])
