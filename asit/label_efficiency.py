@@ -167,6 +167,16 @@ def scored_folds(task_name: str, folds: Sequence[int] | None) -> list[int | None
     return [int(f) for f in folds]
 
 
+def folds_words(folds: Sequence[int]) -> str:
+    """``[1]`` -> ``"fold 1"``, ``[1, 2, 3, 4, 5]`` -> ``"folds 1-5"``, ``[2, 4]`` -> ``"folds 2, 4"``."""
+    folds = sorted(folds)
+    if len(folds) == 1:
+        return f"fold {folds[0]}"
+    if folds == list(range(folds[0], folds[-1] + 1)):
+        return f"folds {folds[0]}-{folds[-1]}"
+    return "folds " + ", ".join(map(str, folds))
+
+
 def _merge_folds(per_fold: list[list[dict[str, Any]]], folds: list[int]) -> list[dict[str, Any]]:
     """One row per point: the score averaged over the test folds (each fold's score kept in ``fold_scores``).
 
@@ -401,7 +411,7 @@ def markdown(result: dict[str, Any], pool: str = POOL) -> str:
     folds = result.get("esc50_test_folds", [1])
     scored = ""
     if any(r["task"] == "esc50" for r in summary):  # which ESC-50 folds the scores cover
-        scored = f"ESC-50 test fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}; "
+        scored = f"ESC-50 test {folds_words(folds)}; "
     lines = [f"Encoder `{result['encoder']}`; seeds {result['seeds']}; fine-tuning {result['finetune_steps']} steps; "
              f"{scored}probe read-out `{pool}` (pooled fbank: each mel bin's mean and std). Test accuracy in percent, "
              "seed mean [lowest, highest].", "",
@@ -505,7 +515,7 @@ def parse_folds(text: str) -> list[int] | None:
     return None if folds == [1] else folds
 
 
-__all__ = ["chance_level", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["chance_level", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

@@ -77,8 +77,11 @@ def seed_ranges_in_words(pretrained: dict, random_init: dict) -> str:
     return "overlap"
 
 
-def label_efficiency_rows(result: dict[str, Any]) -> list[str]:
-    """One table row per task and protocol at ``LABEL_SHOTS`` labels per class."""
+def label_efficiency_rows(result: dict[str, Any], scored: bool = False) -> list[str]:
+    """One table row per task and protocol at ``LABEL_SHOTS`` labels per class.
+
+    ``scored``: after the task, the clips it is scored on (:func:`scored_on`) and the seed count.
+    """
     summary, pool = result["summary"], result["pool_shown"]
     lines = []
     for task in result["tasks"]:
@@ -89,7 +92,8 @@ def label_efficiency_rows(result: dict[str, Any]) -> list[str]:
             if ours is None or theirs is None:
                 continue
             gap = label_efficiency.gap(summary, task, protocol, LABEL_SHOTS, pool=pool)
-            lines.append(f"| {task} | {protocol} | {_spread(ours)} | {_spread(theirs)} | {_spread(fbank) if fbank else '-'} | "
+            where = f"{scored_on(result, task)} | {len(result['seeds'])} | " if scored else ""
+            lines.append(f"| {task} | {where}{protocol} | {_spread(ours)} | {_spread(theirs)} | {_spread(fbank) if fbank else '-'} | "
                          f"{gap['lead']:+.1f} | {gap['margin']:+.1f} | {seed_ranges_in_words(ours, theirs)} |")
     return lines
 
@@ -126,8 +130,7 @@ def scored_on(result: dict[str, Any], task: str) -> str:
     """Which test clips a task's scores cover: ESC-50's folds, the others' one test split."""
     if task != "esc50":
         return "test split"
-    folds = result.get("esc50_test_folds", [1])
-    return f"folds {folds[0]}-{folds[-1]}" if len(folds) > 1 else f"fold {folds[0]}"
+    return label_efficiency.folds_words(result.get("esc50_test_folds", [1]))
 
 
 def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS, links_from: Path | None = None) -> str:
@@ -148,9 +151,7 @@ def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS, li
             continue
         result = json.loads(path.read_text())
         links.append(f"[`{name}`]({os.path.relpath(path.with_suffix('.md'), start)})")
-        for task in result["tasks"]:
-            scored = f"| {task} | {scored_on(result, task)} | {len(result['seeds'])} |"
-            lines += [row.replace(f"| {task} |", scored, 1) for row in label_efficiency_rows(result) if row.startswith(f"| {task} |")]
+        lines += label_efficiency_rows(result, scored=True)
     intro = paragraph(f"The same headline from the longer sweep of `make label-efficiency` ({', '.join(links) or 'not run yet'}), "
                       "with the columns as above.")
     return "\n".join([intro, "", *lines] + (["", f"Not run yet: {', '.join(missing)}."] if missing else []))

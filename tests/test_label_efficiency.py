@@ -150,3 +150,7 @@ def test_merging_folds_refuses_rows_out_of_step():
         le._merge_folds([[{**row, "score": 40.0}], [{**row, "seed": 1, "score": 50.0}]], [1, 2])
     with pytest.raises(ValueError):  # a fold with fewer rows than the others
         le._merge_folds([[{**row, "score": 40.0}], []], [1, 2])
+
+
+def test_folds_words_name_ranges_and_lists():
+    assert [le.folds_words(f) for f in ([1], [1, 2, 3, 4, 5], [4, 2])] == ["fold 1", "folds 1-5", "folds 2, 4"]
