@@ -379,8 +379,13 @@ def chance_level(rows: list[dict[str, Any]], task: str) -> float | None:
     return 100.0 / one_shot[0] if one_shot else None
 
 
-def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL):
-    """One panel per (protocol, task): accuracy against labels per class, seed range shaded."""
+def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL,
+         esc50_folds: Sequence[int] = (1,)):
+    """One panel per (protocol, task): accuracy against labels per class, seed range shaded.
+
+    ``esc50_folds``: the ESC-50 test folds the scores cover (a result's ``esc50_test_folds``),
+    named in that task's panel titles.
+    """
     panels = sorted({(r["protocol"], r["task"]) for r in summary}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     styles = {PRETRAINED: ("C0", "o"), RANDOM: ("C3", "s"), probe.FBANK: ("0.4", "^")}
@@ -394,7 +399,8 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
             ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=features)
             ax.fill_between(x, [r["min"] for r in line], [r["max"] for r in line], color=colour, alpha=0.2)
             ax.set_xticks(x, [shot_label(r["shots"]) for r in line])
-        ax.set(title=f"{task}: {protocol}", xlabel="labelled clips per class", ylabel="test accuracy (%)")
+        scored = f" ({folds_words(esc50_folds)})" if task == "esc50" else ""
+        ax.set(title=f"{task}{scored}: {protocol}", xlabel="labelled clips per class", ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
@@ -459,7 +465,7 @@ def run(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(f"# Label efficiency: {name}\n\nWritten by `asit.label_efficiency.run`.\n\n" + markdown(result))
-    plt.close(plot(summary, out.with_suffix(".png")))
+    plt.close(plot(summary, out.with_suffix(".png"), esc50_folds=result["esc50_test_folds"]))
     if progress:
         print(f"wrote {out} and {out.with_suffix('.png')} ({result['seconds']:.0f} s)")
     return result

@@ -154,3 +154,12 @@ def test_merging_folds_refuses_rows_out_of_step():
 
 def test_folds_words_name_ranges_and_lists():
     assert [le.folds_words(f) for f in ([1], [1, 2, 3, 4, 5], [4, 2])] == ["fold 1", "folds 1-5", "folds 2, 4"]
+
+
+def test_plot_titles_name_the_esc50_folds_scored():
+    summary = [{"task": task, "protocol": "probe", "features": le.PRETRAINED, "pool": "mean", "shots": 4,
+                "mean": 50.0, "min": 45.0, "max": 55.0, "seeds": 3} for task in ("esc50", "ks2")]
+    figure = le.plot(summary, esc50_folds=[1, 2, 3, 4, 5])
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["esc50 (folds 1-5): probe", "ks2: probe"]
+    le.plt.close(figure)
