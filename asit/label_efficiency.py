@@ -380,11 +380,11 @@ def chance_level(rows: list[dict[str, Any]], task: str) -> float | None:
 
 
 def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL,
-         esc50_folds: Sequence[int] = (1,)):
+         esc50_folds: Sequence[int] | None = None):
     """One panel per (protocol, task): accuracy against labels per class, seed range shaded.
 
     ``esc50_folds``: the ESC-50 test folds the scores cover (a result's ``esc50_test_folds``),
-    named in that task's panel titles.
+    named in that task's panel titles; None names none (the summary alone does not say).
     """
     panels = sorted({(r["protocol"], r["task"]) for r in summary}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
@@ -399,7 +399,7 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
             ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=features)
             ax.fill_between(x, [r["min"] for r in line], [r["max"] for r in line], color=colour, alpha=0.2)
             ax.set_xticks(x, [shot_label(r["shots"]) for r in line])
-        scored = f" ({folds_words(esc50_folds)})" if task == "esc50" else ""
+        scored = f" ({folds_words(esc50_folds)})" if task == "esc50" and esc50_folds else ""
         ax.set(title=f"{task}{scored}: {protocol}", xlabel="labelled clips per class", ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -163,3 +163,6 @@ def test_plot_titles_name_the_esc50_folds_scored():
     titles = [ax.get_title() for ax in figure.axes]
     assert titles == ["esc50 (folds 1-5): probe", "ks2: probe"]
     le.plt.close(figure)
+    unnamed = le.plot(summary)  # folds not given: no fold claimed
+    assert [ax.get_title() for ax in unnamed.axes] == ["esc50: probe", "ks2: probe"]
+    le.plt.close(unnamed)
