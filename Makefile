@@ -26,7 +26,7 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1
 
 .PHONY: help system venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint \
-	le-esc50 le-ks2 le-voxceleb1 le-diagnosis
+	le-esc50 le-ks2 le-voxceleb1 le-diagnosis le-neighbours
 
 help:
 	@echo "make reproduce   set up, build the built-in data, run every notebook (PRESET=$(PRESET))"
@@ -108,7 +108,7 @@ test-notebooks: $(STAMP) $(BUILTIN_DATA)
 # two side by side (each task's rows depend on that task alone). README.md's block lists the files.
 LE_ENCODER ?= results/course_checkpoint/encoder
 LE_SWEEP = OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --seeds 5
-label-efficiency: le-esc50 le-ks2 le-voxceleb1 le-diagnosis
+label-efficiency: le-esc50 le-ks2 le-voxceleb1 le-diagnosis le-neighbours
 	$(PY) -m asit.readme
 le-esc50: $(STAMP) $(BUILTIN_DATA)
 	$(LE_SWEEP) --tasks esc50 --folds 1-5 --name course_5seeds_5folds_esc50
@@ -116,6 +116,8 @@ le-ks2 le-voxceleb1: le-%: $(STAMP) $(BUILTIN_DATA)
 	$(LE_SWEEP) --tasks $* --name course_5seeds_$*
 le-diagnosis: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose --shots 4
+le-neighbours: $(STAMP) $(BUILTIN_DATA)
+	OMP_NUM_THREADS=1 $(PY) -m asit.neighbours $(LE_ENCODER) --name course
 
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,
 # 12 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/: the

@@ -1,0 +1,151 @@
+"""What a clip's nearest neighbour shares with it: the class, or the speaker.
+
+A few-shot probe on frozen features can only work when the clips of one class lie close together.
+The nearest-neighbour test asks that directly, with nothing learned: for each test clip, the
+clip most similar to it (cosine similarity of standardised features, itself left out), and whether
+the two share the word, or the speaker. On the built-in Speech Commands every test speaker says
+every word once, so features that group clips by voice put each clip next to *another* word of
+its own speaker: the same-speaker rate near 100 %, the same-word rate below chance. A third rate
+removes each speaker's mean feature first (an oracle that knows who speaks): are the words still
+there under the voice, or gone?
+
+    python -m asit.neighbours results/course_checkpoint/encoder --name course
+        # -> results/label_efficiency/course_neighbours.json and .md
+
+The speaker is read off the file name, Speech Commands' ``<speaker>_nohash_<n>.wav``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from asit import probe
+from asit.label_efficiency import PRETRAINED, RANDOM, _features
+
+TASK = "ks2"
+
+
+def nearest_neighbours(features: np.ndarray) -> np.ndarray:
+    """``(M, D)`` -> ``(M,)``: each row's most cosine-similar other row, on standardised columns."""
+    x = np.asarray(features, dtype=np.float64)
+    if len(x) < 2:
+        raise ValueError(f"nearest neighbours need at least 2 clips, got {len(x)}")
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)  # no column dominates by its scale alone
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(1)
+
+
+def agreement(neighbour: np.ndarray, labels: np.ndarray) -> float:
+    """Percent of clips whose nearest neighbour has the same label."""
+    labels = np.asarray(labels)
+    return float(100 * np.mean(labels == labels[neighbour]))
+
+
+def chance_agreement(labels: np.ndarray) -> float:
+    """Percent agreement with a neighbour drawn at random among the other clips (averaged per clip)."""
+    labels = np.asarray(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return float(100 * np.mean((counts[inverse] - 1) / (len(labels) - 1)))
+
+
+def speaker_of(path: str | Path) -> str:
+    """The speaker of a Speech Commands file, ``<speaker>_nohash_<n>.wav``; a clear error otherwise."""
+    name = Path(path).name
+    speaker, marker, _ = name.partition("_nohash_")
+    if not marker or not speaker:
+        raise ValueError(f"{path}: not a Speech Commands file name (<speaker>_nohash_<n>.wav), so no speaker")
+    return speaker
+
+
+def centred_by(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``values`` with each group's mean row subtracted from that group's rows."""
+    x = np.array(values, dtype=np.float64)
+    for group in np.unique(groups):
+        x[groups == group] -= x[groups == group].mean(0)
+    return x
+
+
+def agreement_row(features: str, pool: str, seed: int | None, values: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Same-word and same-speaker rates, and the same-word rate once each speaker's mean is removed.
+
+    The last is an oracle (it knows who speaks): it asks whether the words are in the features
+    at all, only hidden under the voice, or gone.
+    """
+    neighbour = nearest_neighbours(values)
+    row = {"features": features, "pool": pool, "seed": seed, **{f"same_{g}": agreement(neighbour, y) for g, y in groups.items()}}
+    row["same_word_speaker_removed"] = agreement(nearest_neighbours(centred_by(values, groups["speaker"])), groups["word"])
+    return row
+
+
+def keyword_neighbours(encoder_path: str | Path, seeds: Sequence[int] = (0, 1, 2), data_root: str | Path | None = None) -> dict[str, Any]:
+    """Same-word and same-speaker rates on the KS2 test split: pooled fbank, pretrained, random inits."""
+    task = probe.PROBE_TASKS[TASK]
+    _, train_data = probe.load_split(task, task.train_split, data_root)  # its statistics normalise the test split
+    test, data = probe.load_split(task, task.test_split, data_root, stats=train_data.stats)
+    if len(data.paths) != len(test.targets):
+        raise RuntimeError(f"{len(data.paths) - len(test.targets)} test clips were left out as unreadable: the "
+                           "speakers could not be matched to the clips")  # load_split drops bad clips
+    groups = {"word": test.targets, "speaker": np.array([speaker_of(p) for p in data.paths])}
+    rows = [agreement_row(probe.FBANK, "mel mean+std", None, probe.pooled_fbank(test), groups)]
+    pretrained = probe._encoder(encoder_path, None)
+    encoders = [(PRETRAINED, None, pretrained)] + [(RANDOM, s, probe._encoder(probe.random_init(s), pretrained)) for s in seeds]
+    for name, seed, encoder in encoders:
+        features = _features(encoder, test)
+        rows += [agreement_row(name, pool, seed, features[pool], groups) for pool in probe.POOLS]
+    return {"task": TASK, "encoder": str(encoder_path), "clips": len(test.targets),
+            "speakers": len(set(groups["speaker"])), "words": len(set(test.targets.tolist())),
+            "chance": {g: chance_agreement(y) for g, y in groups.items()}, "rows": rows}
+
+
+def _spread(values: list[float]) -> str:
+    return f"{np.mean(values):.1f}" if len(values) == 1 else f"{np.mean(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The rates as a table, random inits as mean [min, max] over their seeds."""
+    chance = result["chance"]
+    lines = [f"Nearest neighbour of each of the {result['clips']} KS2 test clips ({result['words']} words, "
+             f"{result['speakers']} speakers): how often it is the same word, how often the same speaker (%). "
+             f"Chance: {chance['word']:.1f} and {chance['speaker']:.1f}.", "",
+             "| features | read-out | same word | same speaker | same word, each speaker's mean removed (oracle) |",
+             "|---|---|---|---|---|"]
+    keys = dict.fromkeys((r["features"], r["pool"]) for r in result["rows"])
+    for features, pool in keys:
+        rows = [r for r in result["rows"] if (r["features"], r["pool"]) == (features, pool)]
+        seeds = f" ({len(rows)} seeds)" if len(rows) > 1 else ""
+        lines.append(f"| {features}{seeds} | {pool} | {_spread([r['same_word'] for r in rows])} | "
+                     f"{_spread([r['same_speaker'] for r in rows])} | {_spread([r['same_word_speaker_removed'] for r in rows])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m asit.neighbours", description=__doc__.split("\n\n")[0])
+    parser.add_argument("encoder", help="the pretrained encoder folder (asit.pretrain's <run>/encoder)")
+    parser.add_argument("--name", default="course", help="results/label_efficiency/<name>_neighbours.json")
+    parser.add_argument("--seeds", type=int, default=3, help="random inits 0..N-1 beside the pretrained encoder")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--output-dir", default="results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    result = keyword_neighbours(args.encoder, list(range(args.seeds)), args.data_root)
+    out = Path(args.output_dir) / "label_efficiency" / f"{args.name}_neighbours.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result) + f"\nwrote {out} and {out.with_suffix('.md')}")
+    return result
+
+
+__all__ = ["agreement", "centred_by", "chance_agreement", "keyword_neighbours", "markdown", "nearest_neighbours", "speaker_of", "main"]
+
+
+if __name__ == "__main__":
+    main()

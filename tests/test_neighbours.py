@@ -1,0 +1,61 @@
+"""asit.neighbours: what a clip's nearest neighbour shares with it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from asit import neighbours, probe
+from asit.models import create_encoder, save_encoder
+from layouts import write_speech_commands
+
+
+def test_features_grouped_by_voice_put_each_clip_next_to_its_own_speaker():
+    words = np.array([0, 1, 2] * 3)
+    speakers = np.repeat([0, 1, 2], 3)  # every speaker says every word once, as in the built-in KS2
+    rng = np.random.default_rng(0)
+    features = 10 * np.eye(3)[speakers] + np.eye(3)[words] + 0.01 * rng.standard_normal((9, 3))
+    neighbour = neighbours.nearest_neighbours(features)
+    assert (neighbour != np.arange(9)).all()  # a clip is never its own neighbour
+    assert neighbours.agreement(neighbour, speakers) == 100.0
+    assert neighbours.agreement(neighbour, words) == 0.0
+    # with each speaker's mean removed, only the word is left to go by
+    centred = neighbours.centred_by(features, speakers)
+    assert neighbours.agreement(neighbours.nearest_neighbours(centred), words) == 100.0
+
+
+def test_chance_agreement_is_the_rate_of_a_random_other_clip():
+    # a: 1 of 4 others shares it; b: 2 of 4 others
+    assert neighbours.chance_agreement(np.array(["a", "a", "b", "b", "b"])) == pytest.approx(100 * (2 * 0.25 + 3 * 0.5) / 5)
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        neighbours.nearest_neighbours(np.ones((1, 4)))
+
+
+def test_speaker_comes_from_the_speech_commands_file_name():
+    assert neighbours.speaker_of("data/yes/0a7c2a8d_nohash_1.wav") == "0a7c2a8d"
+    with pytest.raises(ValueError, match="clip_07.wav: not a Speech Commands file name"):
+        neighbours.speaker_of("data/yes/clip_07.wav")
+
+
+def test_cli_on_a_speech_commands_layout_with_two_test_speakers(tmp_path, monkeypatch):
+    words = ("yes", "no", "up")
+    root = write_speech_commands(tmp_path / "sc", words=words, speakers=4, noise_files=0)
+    test_speakers = (f"{0xA0B0C0:08x}", f"{0xA0B0C3:08x}")  # speakers 0 and 3 test, 2 trains, 1 validates
+    (root / "testing_list.txt").write_text("".join(f"{w}/{s}_nohash_0.wav\n" for w in words for s in test_speakers))
+    monkeypatch.setattr(probe, "PROBE_TASKS", {"ks2": probe.ProbeTask("speech_commands_v2", "train", "test", 64, {"protocol": "ks2"})})
+    torch.manual_seed(1)
+    encoder = save_encoder(create_encoder("tiny", num_frames=32, depth=1).eval(), tmp_path / "run" / "encoder")
+    result = neighbours.main([str(encoder), "--name", "tiny", "--seeds", "2", "--data-root", str(root),
+                              "--output-dir", str(tmp_path / "results")])
+    assert (result["clips"], result["speakers"], result["words"]) == (6, 2, 3)
+    assert result["chance"] == pytest.approx({"word": 20.0, "speaker": 40.0})  # 1 and 2 of the 5 other clips
+    fbank = result["rows"][0]
+    # each word is one tone, whoever says it: the fbank's neighbour is the same word, other speaker
+    assert (fbank["features"], fbank["same_word"], fbank["same_speaker"]) == ("fbank", 100.0, 0.0)
+    assert [(r["features"], r["pool"], r["seed"]) for r in result["rows"][1:]] == [
+        (name, pool, seed) for name, seed in (("pretrained", None), ("random init", 0), ("random init", 1)) for pool in probe.POOLS]
+    written = tmp_path / "results" / "label_efficiency" / "tiny_neighbours.json"
+    assert json.loads(written.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    table = written.with_suffix(".md").read_text()
+    assert "| fbank | mel mean+std | 100.0 | 0.0 |" in table and "| random init (2 seeds) | token |" in table
