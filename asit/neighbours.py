@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -135,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output-dir", default="results")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
+    start = time.perf_counter()
     result = keyword_neighbours(args.encoder, list(range(args.seeds)), args.data_root)
+    result["seconds"] = round(time.perf_counter() - start, 1)
     out = Path(args.output_dir) / "label_efficiency" / f"{args.name}_neighbours.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
