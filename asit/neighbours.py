@@ -127,6 +127,36 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rates(result: dict[str, Any], features: str, pool: str, key: str) -> list[float]:
+    return [r[key] for r in result["rows"] if (r["features"], r["pool"]) == (features, pool)]
+
+
+def _against_random(result: dict[str, Any], pool: str, key: str) -> str:
+    """``key`` of the pretrained encoder beside the random inits' spread, and which side of it."""
+    mine, theirs = np.mean(_rates(result, PRETRAINED, pool, key)), _rates(result, RANDOM, pool, key)
+    side = "above" if mine > max(theirs) else "below" if mine < min(theirs) else "inside"
+    return f"{mine:.1f} % pretrained, {_spread(theirs)} % from random inits ({side} their range)"
+
+
+def findings(result: dict[str, Any]) -> str:
+    """What the table says, in sentences built from its numbers (notebook 06 shows them).
+
+    Pretrained against random init on the class token and the per-band read-out; "above" or
+    "below" only when the pretrained rate is outside the random inits' range.
+    """
+    chance = result["chance"]
+    fbank = {key: _rates(result, probe.FBANK, "mel mean+std", key)[0] for key in ("same_speaker", "same_word_speaker_removed")}
+    return " ".join([
+        f"The pooled fbank's neighbour is the same speaker in {fbank['same_speaker']:.1f} % of the clips "
+        f"(chance {chance['speaker']:.1f} %).",
+        f"The class token's neighbour is the same speaker in {_against_random(result, 'token', 'same_speaker')}, "
+        f"and the same word in {_against_random(result, 'token', 'same_word')}; chance {chance['word']:.1f} %.",
+        f"With each speaker's mean removed, the same word: pooled fbank {fbank['same_word_speaker_removed']:.1f} %; "
+        f"class token {_against_random(result, 'token', 'same_word_speaker_removed')}; "
+        f"per-band read-out {_against_random(result, 'bands', 'same_word_speaker_removed')}.",
+    ])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m asit.neighbours", description=__doc__.split("\n\n")[0])
     parser.add_argument("encoder", help="the pretrained encoder folder (asit.pretrain's <run>/encoder)")
@@ -147,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-__all__ = ["agreement", "centred_by", "chance_agreement", "keyword_neighbours", "markdown", "nearest_neighbours", "speaker_of", "main"]
+__all__ = ["agreement", "centred_by", "chance_agreement", "findings", "keyword_neighbours", "markdown", "nearest_neighbours", "speaker_of", "main"]
 
 
 if __name__ == "__main__":

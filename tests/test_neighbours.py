@@ -59,3 +59,20 @@ def test_cli_on_a_speech_commands_layout_with_two_test_speakers(tmp_path, monkey
     assert json.loads(written.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     table = written.with_suffix(".md").read_text()
     assert "| fbank | mel mean+std | 100.0 | 0.0 |" in table and "| random init (2 seeds) | token |" in table
+
+
+def test_findings_say_which_side_of_the_random_inits_range_the_pretrained_rate_falls():
+    def row(features, pool, seed, speaker, word, removed):
+        return {"features": features, "pool": pool, "seed": seed, "same_speaker": speaker,
+                "same_word": word, "same_word_speaker_removed": removed}
+
+    rows = [row("fbank", "mel mean+std", None, 90.0, 5.0, 22.0)]
+    rows += [row("pretrained", pool, None, 95.0, 1.0, 3.0 if pool == "token" else 9.0) for pool in probe.POOLS]
+    rows += [row("random init", pool, s, 70.0 + s, 1.0 - s, 2.0 + s if pool == "token" else 15.0 + s)
+             for s in (0, 1) for pool in probe.POOLS]
+    text = neighbours.findings({"chance": {"word": 2.5, "speaker": 10.8}, "rows": rows})
+    assert "same speaker in 95.0 % pretrained, 70.5 [70.0, 71.0] % from random inits (above their range)" in text
+    assert "same word in 1.0 % pretrained, 0.5 [0.0, 1.0] % from random inits (inside their range)" in text
+    assert "class token 3.0 % pretrained, 2.5 [2.0, 3.0] % from random inits (inside their range)" in text
+    assert "per-band read-out 9.0 % pretrained, 15.5 [15.0, 16.0] % from random inits (below their range)" in text
+    assert "pooled fbank 22.0 %" in text and "chance 10.8 %" in text
