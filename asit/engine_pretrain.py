@@ -56,6 +56,7 @@ from asit.training import (
 )
 
 LOSS_NAMES = ("global", "local", "reconstruction")
+EPOCH_SUMS = len(LOSS_NAMES) + 4  # total loss, the three objectives, two teacher entropies, steps
 
 
 @dataclass
@@ -305,7 +306,8 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
 
     Returns:
         ``{"loss", "global", "local", "reconstruction", "finite"}`` as 0-d tensors (no host sync);
-        ``finite``: the loss and every weight after the step are finite.
+        ``finite``: the loss and every weight after the step are finite. ``teacher_entropy``
+        ``(2,)``: the global head's :func:`asit.losses.teacher_entropies` (zeros without it).
     """
     cfg = state.cfg
     epoch = it // state.steps_per_epoch  # the losses' teacher-temperature schedule is per epoch (DINO)
@@ -340,7 +342,10 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
         state.nonfinite.record(finite, it)
     zero = torch.zeros((), device=state.device)
     parts = {"global": losses.global_, "local": losses.local, "reconstruction": losses.reconstruction}
-    return {"loss": total.detach(), **{k: (zero if v is None else v.detach()) for k, v in parts.items()}, "finite": finite}
+    global_loss = state.criterion.global_loss
+    entropy = global_loss.teacher_entropy if global_loss is not None else torch.zeros(2, device=state.device)
+    return {"loss": total.detach(), **{k: (zero if v is None else v.detach()) for k, v in parts.items()},
+            "teacher_entropy": entropy, "finite": finite}
 
 
 def train_one_epoch(
@@ -358,8 +363,8 @@ def train_one_epoch(
 ) -> None:
     """One pass over ``loader`` (from step ``start_step`` of the epoch on).
 
-    ``sums`` (device, ``(5,)``) accumulates the finite steps' losses (total, global, local,
-    reconstruction) and their count; :func:`epoch_means` turns it into the epoch's means. The
+    ``sums`` (device, ``(7,)``) accumulates the finite steps' losses (total, global, local,
+    reconstruction), the global head's two teacher entropies and the steps' count; :func:`epoch_means` turns it into the epoch's means. The
     callbacks let the driver see each batch (``on_batch``: skipped files), log a step
     (``on_log(done, point)`` every ``log_every`` steps and at the epoch's end: that step's losses)
     and checkpoint mid-epoch (``on_save(done)`` every ``save_every_steps``). ``bar``: the run's
@@ -379,7 +384,8 @@ def train_one_epoch(
         waves = batch["wave"].to(state.device, non_blocking=True)
         lengths = torch.as_tensor(batch["length"]).to(state.device, non_blocking=True)
         out = train_step(state, waves, lengths, it)
-        values = torch.stack([out["loss"], out["global"], out["local"], out["reconstruction"], torch.ones_like(out["loss"])])
+        values = torch.cat([torch.stack([out["loss"], out["global"], out["local"], out["reconstruction"]]),
+                            out["teacher_entropy"], torch.ones_like(out["loss"])[None]])
         sums += torch.where(out["finite"], values, torch.zeros_like(values))  # epoch means over finite steps
         done = step_in_epoch + 1
         if done % cfg.log_every == 0 or done == steps:
@@ -399,7 +405,7 @@ def train_one_epoch(
 
 def epoch_means(state: TrainState, sums: torch.Tensor, epoch: int) -> dict[str, Any]:
     """The epoch's log record: mean losses over finite steps (all processes; None when every step
-    was skipped), the schedules' values."""
+    was skipped), the global head's mean teacher entropies (None without it), the schedules' values."""
     reduced = all_reduce_mean(sums, state.dist)
     means = reduced[:-1] / reduced[-1] if float(reduced[-1]) > 0 else torch.full_like(reduced[:-1], float("nan"))
     last_it = (epoch + 1) * state.steps_per_epoch - 1
@@ -408,6 +414,8 @@ def epoch_means(state: TrainState, sums: torch.Tensor, epoch: int) -> dict[str, 
         "epoch": epoch + 1,
         "loss": _number(means[0]),
         **{f"loss_{name}": _number(means[i + 1]) for i, name in enumerate(LOSS_NAMES)},
+        "teacher_entropy": _number(means[4]) if global_loss is not None else None,
+        "teacher_batch_entropy": _number(means[5]) if global_loss is not None else None,
         "lr": float(state.lr[last_it]),
         "wd": float(state.wd[last_it]),
         "momentum": float(state.momentum[last_it]),
@@ -448,6 +456,7 @@ def evaluate(monitor: KnnProbe, encoder: nn.Module) -> float:
 
 
 __all__ = [
+    "EPOCH_SUMS",
     "LOSS_NAMES",
     "TrainState",
     "build_criterion",

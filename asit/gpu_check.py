@@ -187,7 +187,8 @@ def _close(value: float, reference: float, tolerance: float) -> bool:
 
 
 def _floats(out: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {key: float(value) for key, value in out.items()}
+    """The step's scalars (the losses, ``finite``) as floats; vectors (teacher entropies) are left out."""
+    return {key: float(value) for key, value in out.items() if value.dim() == 0}
 
 
 def _release(device: torch.device) -> None:

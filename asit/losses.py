@@ -12,7 +12,10 @@ API
 - ``DistillationLoss(out_dim, num_epochs, warmup_teacher_temp=0.04, teacher_temp=0.07,
   warmup_teacher_temp_epochs=30, student_temp=0.1, center_momentum=0.9)``: the shared machinery,
   ``teacher_temperature(epoch)``, ``teacher_probs(t, epoch)``, ``update_center(t)``.
-- ``GlobalDistillationLoss(...)(student (Vs*B, C), teacher (Vt*B, C), epoch)``: cross-view pairs only.
+- ``GlobalDistillationLoss(...)(student (Vs*B, C), teacher (Vt*B, C), epoch)``: cross-view pairs only;
+  ``teacher_entropy`` after each call: the collapse monitor (:func:`teacher_entropies`).
+- ``teacher_entropies(probs)``, ``head_collapse(entropy, batch_entropy)``: DINO's two collapses
+  (a uniform teacher, or one prototype for every clip), read from the teacher's distributions.
 - ``LocalDistillationLoss(...)(student (V*B, N, C), teacher (V*B, N, C), epoch)``: same view, same token.
 - ``masked_l1_loss(reconstruction, target, mask)``: L1 over masked pixels only.
 - ``ASiTLoss(global_dim, local_dim, num_epochs, w_global=1, w_local=1, w_rec=2, ...)``:
@@ -37,6 +40,10 @@ __all__ = [
     "ASiTLoss",
     "LossOutput",
     "LOSS_WEIGHTS",
+    "UNIFORM_COLLAPSE",
+    "ONE_PROTOTYPE_COLLAPSE",
+    "teacher_entropies",
+    "head_collapse",
 ]
 
 # (w_global, w_local, w_rec): total = w_global * L_global + w_local * L_local + w_rec * L_rec.
@@ -44,6 +51,35 @@ LOSS_WEIGHTS = {
     "earlier": (1.0, 1.0, 2.0),  # released main_ASiT.py: clsloss + dtaloss + 2 * recloss (our default)
     "later": (0.5, 0.5, 1.0),  # later revision: (L_global + L_local) / 2 + L_rec
 }
+
+# DINO (arXiv 2104.14294, section 5.3) names two collapses of a self-distilled head: every teacher
+# output uniform (the loss then sits at ln K and teaches nothing), or one prototype for every clip.
+# Both entropies below are over ln K, so 1 is uniform and 0 is one-hot, for any number of prototypes.
+UNIFORM_COLLAPSE = 0.98  # each clip's teacher distribution at least this close to uniform
+ONE_PROTOTYPE_COLLAPSE = 0.05  # the batch's mean distribution at most this far from one-hot
+
+
+@torch.no_grad()
+def teacher_entropies(probs: torch.Tensor) -> torch.Tensor:
+    """``(2,)``: the mean entropy of each row of ``probs`` ``(M, K)``, and the entropy of their
+    mean (the prototypes' share of the batch), both divided by ``ln K``."""
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
+
+    scale = torch.log(torch.tensor(float(probs.shape[-1]), device=probs.device))
+    return torch.stack([entropy(probs).mean(), entropy(probs.mean(dim=0))]) / scale
+
+
+def head_collapse(entropy: float | None, batch_entropy: float | None) -> str | None:
+    """Which collapse the (normalised) teacher entropies show: ``"uniform"``, ``"one prototype"``
+    or None (a working head, or nothing measured)."""
+    if entropy is None or batch_entropy is None:
+        return None
+    if entropy >= UNIFORM_COLLAPSE:
+        return "uniform"
+    if batch_entropy <= ONE_PROTOTYPE_COLLAPSE:
+        return "one prototype"
+    return None
 
 
 class DistillationLoss(nn.Module):
@@ -121,6 +157,7 @@ class GlobalDistillationLoss(DistillationLoss):
     def __init__(self, out_dim: int, num_epochs: int, teacher_views: int = 2, **kwargs):
         super().__init__(out_dim, num_epochs, **kwargs)
         self.teacher_views = teacher_views
+        self.teacher_entropy = torch.full((2,), float("nan"))  # the last call's teacher_entropies
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, epoch: int) -> torch.Tensor:
         """``student`` ``(Vs*B, C)``, ``teacher`` ``(Vt*B, C)``, both view-major (``torch.cat`` of views)."""
@@ -129,7 +166,9 @@ class GlobalDistillationLoss(DistillationLoss):
         batch = teacher.shape[0] // self.teacher_views
         if student.shape[0] % batch or student.shape[0] // batch < 2:
             raise ValueError(f"student batch {student.shape[0]} is not a whole number (>= 2) of views of {batch}")
-        t_views = self.teacher_probs(teacher, epoch).chunk(self.teacher_views)  # Vt x (B, C)
+        t_probs = self.teacher_probs(teacher, epoch)
+        self.teacher_entropy = teacher_entropies(t_probs)
+        t_views = t_probs.chunk(self.teacher_views)  # Vt x (B, C)
         s_views = student.chunk(student.shape[0] // batch)  # Vs x (B, C)
         total, pairs = 0.0, 0
         for j, t in enumerate(t_views):

@@ -47,6 +47,7 @@ from asit.config import MAY_CHANGE_ON_RESUME, PretrainConfig, get_preset
 from asit.datasets import BUILTIN_FOLDERS, SkipLog, collate_clips, pretraining_pool
 from asit.datasets.base import base_dataset
 from asit.engine_pretrain import (
+    EPOCH_SUMS,
     LOSS_NAMES,
     TrainState,
     build_knn_monitor,
@@ -59,6 +60,7 @@ from asit.engine_pretrain import (
     train_step,
 )
 from asit.atomic import atomic_write
+from asit.losses import head_collapse
 from asit.models import NonFiniteWeightsError, save_encoder
 from asit.session import PRESETS, portable_path
 from asit.training import (
@@ -234,7 +236,7 @@ class _Run:
     run_dir: Path
     dataset: Dataset
     state: TrainState
-    sums: torch.Tensor  # loss, global, local, reconstruction, finite steps (this epoch, on the device)
+    sums: torch.Tensor  # losses, teacher entropies, finite steps (this epoch, on the device; EPOCH_SUMS)
     skipped: SkipLog  # bad files found when the pool was built, then by the workers
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
@@ -271,7 +273,7 @@ def _start(cfg: PretrainConfig) -> _Run:
         )
     base = base_dataset(dataset)
     state = build_training(cfg, device, base.stats, steps_per_epoch, info)  # stats: published, or over the pool
-    sums = torch.zeros(len(LOSS_NAMES) + 2, device=device)
+    sums = torch.zeros(EPOCH_SUMS, device=device)
     return _Run(cfg, info, run_dir, dataset, state, sums, SkipLog(base.skipped))
 
 
@@ -293,7 +295,7 @@ def _resume(run: _Run) -> None:
     run.resumed = True
     run.start_epoch, run.start_step = int(saved["epoch"]), int(saved["step_in_epoch"])
     run.history = list(saved.get("history", []))
-    run.sums = saved["sums"].to(state.device)
+    run.sums = _epoch_sums(saved["sums"]).to(state.device)
     run.skipped.extend(tuple(record) for record in saved.get("skipped_files", []))
     state.nonfinite.count.fill_(int(saved.get("bad_steps", 0)))
     if run.start_step >= run.steps_per_epoch:
@@ -465,6 +467,16 @@ def _knn_results(run: _Run) -> tuple[float | None, float | None]:
     return knn_final, knn_random
 
 
+def _epoch_sums(saved: torch.Tensor) -> torch.Tensor:
+    """A checkpoint's partial-epoch sums in today's layout. Checkpoints written before the teacher
+    entropies were logged hold 5 entries: their entropies are NaN, so that epoch logs None for them."""
+    if saved.numel() == EPOCH_SUMS:
+        return saved
+    if saved.numel() == EPOCH_SUMS - 2:
+        return torch.cat([saved[:-1], torch.full((2,), float("nan"), dtype=saved.dtype), saved[-1:]])
+    raise ValueError(f"checkpoint's epoch sums have {saved.numel()} entries, expected {EPOCH_SUMS}")
+
+
 def _summary(run: _Run, started: float) -> dict:
     cfg, history = run.cfg, run.history
     knn_final, knn_random = _knn_results(run)
@@ -478,6 +490,7 @@ def _summary(run: _Run, started: float) -> dict:
         "final_loss": final.get("loss"),
         "final_losses": {name: final.get(f"loss_{name}") for name in LOSS_NAMES},
         "first_losses": {name: history[0].get(f"loss_{name}") for name in LOSS_NAMES} if history else {},
+        "global_head_collapse": head_collapse(final.get("teacher_entropy"), final.get("teacher_batch_entropy")),
         "knn_accuracy": knn_final,  # percent, the teacher's class token (None: monitor off)
         "knn_accuracy_random_init": knn_random,  # percent, the same encoder before training
         "knn_dataset": cfg.knn_dataset if cfg.knn_every else None,
@@ -511,6 +524,11 @@ def _report(run: _Run, summary: dict, progress: bool) -> None:
     if progress or summary["skipped_files"]:
         where = "; see summary.json for each file and why" if summary["skipped_files"] else ""
         print(f"data: {run.skipped.summary()}{where}", flush=True)
+    if summary["global_head_collapse"] is not None:  # said also without progress: the run taught nothing
+        print(f"warning: the global head collapsed ({summary['global_head_collapse']}: teacher entropy "
+              f"{summary['final']['teacher_entropy']:.3f}, batch {summary['final']['teacher_batch_entropy']:.3f} "
+              "of ln K); its loss teaches nothing. Lower teacher_temp or lengthen warmup_teacher_temp_epochs "
+              "(uniform), or raise center_momentum (one prototype), as DINO section 5.3", flush=True)
     if progress or summary["skipped_steps"]:
         print(f"steps: skipped {summary['skipped_steps']} of {summary['steps']} with a non-finite loss or weights "
               f"(nan_policy={run.cfg.nan_policy})", flush=True)
@@ -526,9 +544,13 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     silently reused. ``resume="never"`` starts over (the folder's logs and summary are replaced).
 
     Writes ``<run_dir>/``: ``config.json``, ``log.jsonl`` (one line per epoch: mean losses, lr, wd,
-    momentum, teacher temperature, time, ``knn_accuracy`` in percent where measured),
+    momentum, teacher temperature, the global head's mean ``teacher_entropy`` and
+    ``teacher_batch_entropy`` over ln K (:func:`asit.losses.teacher_entropies`), time,
+    ``knn_accuracy`` in percent where measured),
     ``steps.jsonl`` (every ``log_every`` steps: that step's losses), checkpoints, ``encoder/`` (the
     teacher's) and ``summary.json`` (``epochs``, ``final_loss``, first and final losses per objective,
+    ``global_head_collapse``: "uniform", "one prototype" or None, from the last epoch's entropies,
+    also printed as a warning;
     ``knn_accuracy`` and ``knn_accuracy_random_init`` in percent: the final teacher and the same
     encoder at its initial weights, on the same clips through the same front end).
 

@@ -12,7 +12,9 @@ from asit.losses import (
     DistillationLoss,
     GlobalDistillationLoss,
     LocalDistillationLoss,
+    head_collapse,
     masked_l1_loss,
+    teacher_entropies,
 )
 
 
@@ -91,6 +93,35 @@ def test_global_loss_uses_the_center_and_skips_same_view_pairs():
         for j in range(2) for i in range(4) for b in range(B)
     ) / 8
     assert got.item() != pytest.approx(with_same, rel=1e-3)
+
+
+def test_teacher_entropies_tell_the_two_collapses_from_a_working_head():
+    k = 16
+    uniform = torch.full((6, k), 1.0 / k)
+    torch.testing.assert_close(teacher_entropies(uniform), torch.tensor([1.0, 1.0]))
+    one_prototype = torch.zeros(6, k)
+    one_prototype[:, 3] = 1.0  # every clip on prototype 3
+    torch.testing.assert_close(teacher_entropies(one_prototype), torch.tensor([0.0, 0.0]))
+    spread = torch.eye(k)[:8]  # confident, and eight clips on eight prototypes: what DINO wants
+    entropy, batch_entropy = teacher_entropies(spread).tolist()
+    assert entropy == pytest.approx(0.0, abs=1e-6) and batch_entropy == pytest.approx(math.log(8) / math.log(k))
+    assert head_collapse(*teacher_entropies(uniform).tolist()) == "uniform"
+    assert head_collapse(*teacher_entropies(one_prototype).tolist()) == "one prototype"
+    assert head_collapse(entropy, batch_entropy) is None
+    assert head_collapse(None, None) is None  # nothing measured (no global loss)
+
+
+def test_global_loss_records_the_teacher_entropy_of_each_call():
+    loss = GlobalDistillationLoss(8, num_epochs=1, warmup_teacher_temp_epochs=0)
+    assert torch.isnan(loss.teacher_entropy).all()  # nothing measured yet
+    student = torch.randn(4, 8)
+    loss(student, torch.zeros(4, 8), epoch=0)  # equal teacher logits: a uniform teacher
+    torch.testing.assert_close(loss.teacher_entropy, torch.tensor([1.0, 1.0]))
+    sharp = torch.zeros(4, 8)
+    sharp[torch.arange(4), torch.tensor([0, 1, 0, 1])] = 50.0  # two clips a view, on prototypes 0 and 1
+    loss(student, sharp, epoch=0)
+    entropy, batch_entropy = loss.teacher_entropy.tolist()
+    assert entropy < 0.01 and batch_entropy == pytest.approx(math.log(2) / math.log(8), abs=0.01)
 
 
 def test_local_loss_matches_tokens_at_the_same_position():

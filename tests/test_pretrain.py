@@ -59,9 +59,11 @@ def test_smoke_run_end_to_end(tmp_path, capsys):
         for key in ("loss", "loss_global", "loss_local", "loss_reconstruction", "lr", "wd", "momentum", "teacher_temp", "time_s"):
             assert math.isfinite(line[key]), key
         assert line["skipped_files"] == 0 and line["skipped_steps"] == 0
+        assert 0.0 < line["teacher_entropy"] <= 1.0 and 0.0 < line["teacher_batch_entropy"] <= 1.0
     assert lines[-1]["momentum"] == pytest.approx(1.0)  # the cosine ends at 1
     assert json.loads((result.run_dir / "config.json").read_text())["preset"] == "smoke"
     summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert "global_head_collapse" in summary and "collapsed" not in capsys.readouterr().out
     # relative to the output folder, so a committed summary names no machine's folders
     assert summary["encoder_dir"] == result.encoder_dir.relative_to(cfg.output_dir).as_posix()
     assert (Path(cfg.output_dir) / summary["encoder_dir"]).resolve() == result.encoder_dir.resolve()
@@ -74,6 +76,26 @@ def test_smoke_run_end_to_end(tmp_path, capsys):
             torch.testing.assert_close(value, teacher_encoder[name])
     x = torch.randn(2, 1, cfg.num_frames, 128)
     assert encoder.forward_features(x).shape[0] == 2
+
+
+def test_a_collapsed_global_head_is_reported_even_by_a_quiet_run(tmp_path, capsys):
+    # a teacher temperature of 100 flattens every teacher distribution: DINO's uniform collapse
+    cfg = smoke_config(tmp_path, warmup_teacher_temp=100.0, teacher_temp=100.0)
+    result = engine.pretrain(cfg, progress=False)
+    assert result.history[-1]["teacher_entropy"] > 0.999
+    assert result.summary["global_head_collapse"] == "uniform"
+    assert "warning: the global head collapsed (uniform" in capsys.readouterr().out
+    quiet = engine.pretrain(smoke_config(tmp_path, use_global=False), progress=False)  # nothing to measure
+    assert quiet.history[-1]["teacher_entropy"] is None and quiet.summary["global_head_collapse"] is None
+
+
+def test_a_checkpoint_from_before_the_entropy_log_resumes_with_unknown_entropies():
+    old = torch.tensor([6.0, 3.0, 2.0, 0.5, 2.0])  # total, global, local, reconstruction, steps
+    sums = engine._epoch_sums(old)
+    assert sums.numel() == engine_pretrain.EPOCH_SUMS
+    assert sums[:4].tolist() == old[:4].tolist() and sums[-1] == 2.0 and torch.isnan(sums[4:6]).all()
+    with pytest.raises(ValueError, match="3 entries"):
+        engine._epoch_sums(torch.zeros(3))
 
 
 def _fixed_batch(cfg, clips=4, views=2):
