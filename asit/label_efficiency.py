@@ -22,8 +22,10 @@ Seed ``s`` draws the labelled clips (the same clips for every encoder) and the r
 spread over seeds is drawn in the figure. ESC-50 is scored on its fold 1 by default (40 built-in
 test clips, 2.5 points a clip); ``--folds 1-5`` scores every fold in turn, each fold's labelled
 clips drawn from its four other folds, and reports the mean over the folds (the paper's 5-fold
-protocol: every clip scored once, five times the test clips). Results go to
-``results/label_efficiency/<name>.json`` and a figure beside it.
+protocol: every clip scored once, five times the test clips). ``ks2_cmn`` is KS2 with each clip's
+own mean spectrum removed from the encoders' input (:data:`asit.probe.PROBE_TASKS`; the fbank
+reference reads the clips as loaded). Results go to ``results/label_efficiency/<name>.json`` and a
+figure beside it.
 
     python -m asit.label_efficiency results/pretrain/cpu/encoder --name cpu
     python -m asit.label_efficiency ENC --tasks ks2 --shots 1,4 --seeds 3 --protocols probe
@@ -147,8 +149,7 @@ def finetune_few(
 
 
 def _subset(split: probe.ProbeSplit, index: np.ndarray) -> probe.ProbeSplit:
-    chosen = torch.as_tensor(index)
-    return probe.ProbeSplit(split.spec[chosen], split.frames[chosen], split.targets[index])
+    return split.subset(index)
 
 
 def _features(encoder: nn.Module, split: probe.ProbeSplit) -> dict[str, np.ndarray]:
@@ -279,7 +280,7 @@ def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seed
 
 
 def patch_statistics(split: probe.ProbeSplit, patch: int = 16) -> dict[str, np.ndarray]:
-    """Linear views of the raw spectrogram at the encoder's patch grid (no weights at all).
+    """Linear views of the encoders' input spectrogram at the patch grid (no weights at all).
 
     - ``"band mean+std"`` ``(M, 2F/p)``: the pooled fbank with mel bins averaged in groups of ``p``
       (what is left once frequency is seen at the patch's resolution);
@@ -295,7 +296,7 @@ def patch_statistics(split: probe.ProbeSplit, patch: int = 16) -> dict[str, np.n
     rows_valid = valid.reshape(M, t // patch, patch).amax(2)  # (M, rows): a row that holds audio
     weight = (rows_valid / rows_valid.sum(1, keepdim=True))[:, :, None, None, None]
     per_band = (grid * weight).sum(1).permute(0, 2, 1, 3)  # (M, bands, p, p)
-    fbank = probe.pooled_fbank(split)
+    fbank = probe.pooled_fbank(probe.ProbeSplit(split.spec, split.frames, split.targets))  # the encoders' input
     bands = F // patch
     band_stats = fbank.reshape(M, 2, bands, patch).mean(3).reshape(M, 2 * bands)
     return {"band mean+std": band_stats, "patch mean": per_band.mean(1).flatten(1).numpy(),
@@ -323,8 +324,7 @@ def diagnose_task(task_name: str, encoder_path: str | Path, shots: int = 4, seed
     pretrained = probe._encoder(encoder_path, None)
     window = pretrained.patch_embed.img_size[0]
     views = {(probe.FBANK, "mel mean+std"): (probe.pooled_fbank(train), probe.pooled_fbank(test))}
-    first_window = probe.ProbeSplit(test.spec[:, :, :window], test.frames.clamp_max(window), test.targets)
-    first_train = probe.ProbeSplit(train.spec[:, :, :window], train.frames.clamp_max(window), train.targets)
+    first_window, first_train = test.first_frames(window), train.first_frames(window)
     views[(probe.FBANK, f"mel mean+std, first {window} frames")] = (probe.pooled_fbank(first_train), probe.pooled_fbank(first_window))
     raw_train, raw_test = patch_statistics(train), patch_statistics(test)
     views.update({("spectrogram", name): (raw_train[name], raw_test[name]) for name in raw_train})
@@ -490,7 +490,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m asit.label_efficiency", description=__doc__.split("\n\n")[0])
     parser.add_argument("encoder", help="the pretrained encoder folder (asit.pretrain's <run>/encoder)")
     parser.add_argument("--name", default=None, help="results/label_efficiency/<name>.json (default: the run's folder name)")
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated, from {', '.join(TASKS)} or ks2_cmn (KS2, each clip's mean spectrum removed)")
     parser.add_argument("--shots", default="1,2,4,8,all", help="labelled clips per class; 'all' = the whole training split")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: label draws and random inits")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune or both")

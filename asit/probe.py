@@ -74,25 +74,56 @@ class ProbeTask:
     test_split: str
     clip_frames: int  # frames of each clip described (from its start); longer clips are cut there
     options: dict[str, Any] = field(default_factory=dict)  # more get_dataset options
+    # Remove each clip's own mean per mel bin from what the encoders see (utterance-level mean
+    # normalisation, as speech front ends do): a word does not depend on the voice's average spectrum.
+    clip_mean_norm: bool = False
 
 
 # One probe per kind of task of the paper. ESC-50: fold 1 (its four other folds train the read-out);
 # the clip lengths cover a built-in clip (ESC-50 5 s, AudioSet 4 s, VoxCeleb1 up to 6 s).
+# ks2_cmn: the same KS2 clips, each clip's mean spectrum removed before the encoders (the pooled-fbank
+# reference still reads the clips as they are: removing their mean would only weaken it).
 PROBE_TASKS: dict[str, ProbeTask] = {
     "esc50": ProbeTask("esc50", "trainval", "test", 500, {"fold": 1}),
     "ks2": ProbeTask("speech_commands_v2", "train", "test", 100, {"protocol": "ks2"}),
+    "ks2_cmn": ProbeTask("speech_commands_v2", "train", "test", 100, {"protocol": "ks2"}, clip_mean_norm=True),
     "voxceleb1": ProbeTask("voxceleb1", "train", "test", 600),
     "audioset": ProbeTask("audioset", "train", "eval", 400),
 }
+PAPER_PROBE_TASKS = ("esc50", "ks2", "voxceleb1", "audioset")  # one a kind of task: the default run
 
 
 @dataclass
 class ProbeSplit:
     """Whole-clip spectrograms of one split, normalised with the training split's statistics."""
 
-    spec: torch.Tensor  # (M, 1, T, F)
+    spec: torch.Tensor  # (M, 1, T, F): what the encoders read
     frames: torch.Tensor  # (M,) valid frames per clip
     targets: np.ndarray  # (M,) class indices, or (M, C) multi-hot
+    raw: torch.Tensor | None = None  # spec before clip_mean_norm (the pooled fbank reads it); None: spec
+
+    def subset(self, index) -> "ProbeSplit":
+        """The clips at ``index`` (an array of positions), with their raw spectrograms."""
+        chosen = torch.as_tensor(index)
+        raw = None if self.raw is None else self.raw[chosen]
+        return ProbeSplit(self.spec[chosen], self.frames[chosen], np.asarray(self.targets)[index], raw)
+
+    def first_frames(self, count: int) -> "ProbeSplit":
+        """Every clip cut to its first ``count`` frames."""
+        raw = None if self.raw is None else self.raw[:, :, :count]
+        return ProbeSplit(self.spec[:, :, :count], self.frames.clamp_max(count), self.targets, raw)
+
+
+def valid_frames(spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``(M, 1, T, 1)``: 1 on each clip's valid frames of ``spec`` ``(M, 1, T, F)``, 0 on its padding."""
+    return (torch.arange(spec.shape[2])[None, :] < frames.clamp_min(1)[:, None]).float()[:, None, :, None]
+
+
+def clip_mean_normalised(spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``spec`` with each clip's mean over its valid frames removed per mel bin; padding stays 0."""
+    valid = valid_frames(spec, frames)
+    mean = (spec * valid).sum(2, keepdim=True) / valid.sum(2, keepdim=True)
+    return (spec - mean) * valid
 
 
 def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None, stats=None, batch_size: int = 64) -> tuple[ProbeSplit, Any]:
@@ -109,7 +140,10 @@ def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None,
         specs.append(frontend(batch["wave"], lengths))
         frames.append(torch.tensor([min(frames_for_samples(int(n), data.sample_rate), task.clip_frames) for n in lengths]))
         targets.append(torch.as_tensor(batch["target"]).numpy())
-    return ProbeSplit(torch.cat(specs), torch.cat(frames), np.concatenate(targets)), data
+    spec, frames = torch.cat(specs), torch.cat(frames)
+    if task.clip_mean_norm:
+        return ProbeSplit(clip_mean_normalised(spec, frames), frames, np.concatenate(targets), raw=spec), data
+    return ProbeSplit(spec, frames, np.concatenate(targets)), data
 
 
 @torch.no_grad()
@@ -147,8 +181,9 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
 
 
 def pooled_fbank(split: ProbeSplit) -> np.ndarray:
-    """``(M, 2F)``: each mel bin's mean and standard deviation over the clip's valid frames."""
-    spec = split.spec[:, 0]  # (M, T, F)
+    """``(M, 2F)``: each mel bin's mean and standard deviation over the clip's valid frames, of the
+    clips as loaded (before any ``clip_mean_norm``)."""
+    spec = (split.spec if split.raw is None else split.raw)[:, 0]  # (M, T, F)
     valid = (torch.arange(spec.shape[1])[None, :] < split.frames.clamp_min(1)[:, None]).float()[..., None]
     count = valid.sum(1)
     mean = (spec * valid).sum(1) / count
@@ -226,7 +261,7 @@ def _encoder(source: str | Path | nn.Module, reference: nn.Module | None) -> nn.
 
 def run_probes(
     encoders: Mapping[str, str | Path | nn.Module],
-    tasks: Sequence[str] = tuple(PROBE_TASKS),
+    tasks: Sequence[str] = PAPER_PROBE_TASKS,
     data_root: Mapping[str, str | Path] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -280,7 +315,7 @@ def table(rows: list[dict[str, Any]]):
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m asit.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="encoder folders (asit.pretrain's <run>/encoder)")
-    parser.add_argument("--tasks", default=",".join(PROBE_TASKS), help=f"comma-separated, from {', '.join(PROBE_TASKS)}")
+    parser.add_argument("--tasks", default=",".join(PAPER_PROBE_TASKS), help=f"comma-separated, from {', '.join(PROBE_TASKS)}")
     parser.add_argument("--no-random-init", action="store_true", help="leave out the random-init encoders")
     parser.add_argument("--random-seeds", type=int, default=1, metavar="N",
                         help="random inits of seeds 0..N-1 (default 1: seed 0, the pretraining's own starting point). "
@@ -313,7 +348,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["PROBE_TASKS", "ProbeTask", "encoder_features", "pooled_fbank", "probe_score", "random_init", "run_probes", "table", "main"]
+__all__ = ["PAPER_PROBE_TASKS", "PROBE_TASKS", "ProbeSplit", "ProbeTask", "clip_mean_normalised", "valid_frames", "encoder_features", "pooled_fbank", "probe_score", "random_init", "run_probes", "table", "main"]
 
 
 if __name__ == "__main__":

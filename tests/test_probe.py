@@ -28,6 +28,38 @@ def test_pooled_fbank_uses_only_the_valid_frames():
     np.testing.assert_allclose(features[1], [5.0, 5.0, 5.0, 0.0, 0.0, 0.0])
 
 
+def test_clip_mean_norm_removes_each_clips_own_mean_and_the_reference_reads_the_raw_clips():
+    torch.manual_seed(0)
+    raw = torch.randn(3, 1, 10, 4) + torch.tensor([0.0, 5.0, -3.0])[:, None, None, None]  # a level a clip
+    frames = torch.tensor([10, 6, 3])
+    raw = raw * probe.valid_frames(raw, frames)  # zero padding, as load_split's front end pads
+    normalised = probe.clip_mean_normalised(raw, frames)
+    for i, n in enumerate(frames.tolist()):
+        torch.testing.assert_close(normalised[i, 0, :n].mean(0), torch.zeros(4), atol=1e-6, rtol=0)
+        torch.testing.assert_close(normalised[i, 0, :n] - normalised[i, 0, :1], raw[i, 0, :n] - raw[i, 0, :1])  # shape kept
+        assert torch.equal(normalised[i, 0, n:], torch.zeros(10 - n, 4))  # padding stays 0
+    split = probe.ProbeSplit(normalised, frames, np.array([0, 1, 2]), raw=raw)
+    np.testing.assert_array_equal(probe.pooled_fbank(split), probe.pooled_fbank(probe.ProbeSplit(raw, frames, split.targets)))
+    part = split.subset(np.array([2, 0]))
+    assert torch.equal(part.spec, normalised[[2, 0]]) and torch.equal(part.raw, raw[[2, 0]]) and part.targets.tolist() == [2, 0]
+    cut = split.first_frames(4)
+    assert cut.frames.tolist() == [4, 4, 3] and torch.equal(cut.raw, raw[:, :, :4]) and torch.equal(cut.spec, normalised[:, :, :4])
+    plain = probe.ProbeSplit(raw, frames, split.targets)
+    assert plain.subset(np.array([1])).raw is None  # nothing normalised: the reference reads spec
+
+
+def test_load_split_with_clip_mean_norm_keeps_the_loaded_clips_as_raw(tmp_path):
+    esc = write_esc50(tmp_path / "esc50", num_classes=2, clips_per_fold=2, folds=5, seconds=0.6)
+    task = probe.ProbeTask("esc50", "trainval", "test", 64, {"fold": 1})
+    plain, _ = probe.load_split(task, "trainval", esc)
+    normed, _ = probe.load_split(probe.ProbeTask(**{**task.__dict__, "clip_mean_norm": True}), "trainval", esc)
+    assert plain.raw is None and torch.equal(normed.raw, plain.spec)
+    torch.testing.assert_close(normed.spec, probe.clip_mean_normalised(plain.spec, plain.frames))
+    ks2, cmn = probe.PROBE_TASKS["ks2"], probe.PROBE_TASKS["ks2_cmn"]  # the same clips, one step apart
+    assert cmn.clip_mean_norm and not ks2.clip_mean_norm and {**cmn.__dict__, "clip_mean_norm": False} == ks2.__dict__
+    assert "ks2_cmn" not in probe.PAPER_PROBE_TASKS  # python -m asit.probe runs one task of each kind
+
+
 def test_encoder_features_average_the_windows_of_each_clips_valid_frames():
     encoder = _tiny_encoder(32)
     spec = torch.randn(2, 1, 96, 128)
