@@ -363,8 +363,9 @@ def train_one_epoch(
 ) -> None:
     """One pass over ``loader`` (from step ``start_step`` of the epoch on).
 
-    ``sums`` (device, ``(7,)``) accumulates the finite steps' losses (total, global, local,
-    reconstruction), the global head's two teacher entropies and the steps' count; :func:`epoch_means` turns it into the epoch's means. The
+    ``sums`` (device, ``(EPOCH_SUMS,)``) accumulates the finite steps' losses (total, global,
+    local, reconstruction), the global head's two teacher entropies and the steps' count;
+    :func:`epoch_means` turns it into the epoch's means. The
     callbacks let the driver see each batch (``on_batch``: skipped files), log a step
     (``on_log(done, point)`` every ``log_every`` steps and at the epoch's end: that step's losses)
     and checkpoint mid-epoch (``on_save(done)`` every ``save_every_steps``). ``bar``: the run's

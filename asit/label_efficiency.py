@@ -148,10 +148,6 @@ def finetune_few(
 # ---------------------------------------------------------------------------------------------
 
 
-def _subset(split: probe.ProbeSplit, index: np.ndarray) -> probe.ProbeSplit:
-    return split.subset(index)
-
-
 def _features(encoder: nn.Module, split: probe.ProbeSplit) -> dict[str, np.ndarray]:
     return probe.encoder_features(encoder, split, encoder.patch_embed.img_size[0])
 
@@ -264,7 +260,7 @@ def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seed
                         rows.append({**common, "protocol": "probe", "features": name, "pool": pool, "score": score})
             if "finetune" in protocols:
                 for name in (PRETRAINED, RANDOM):
-                    result = finetune_few(encoders[(name, seed)], _subset(train, index), test, seed, finetune_steps)
+                    result = finetune_few(encoders[(name, seed)], train.subset(index), test, seed, finetune_steps)
                     rows.append({**common, "protocol": "finetune", "features": name, "pool": POOL, "score": result["score"],
                                  "final_loss": float(np.mean(result["losses"][-10:]))})
             if progress:

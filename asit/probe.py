@@ -106,7 +106,7 @@ class ProbeSplit:
         """The clips at ``index`` (an array of positions), with their raw spectrograms."""
         chosen = torch.as_tensor(index)
         raw = None if self.raw is None else self.raw[chosen]
-        return ProbeSplit(self.spec[chosen], self.frames[chosen], np.asarray(self.targets)[index], raw)
+        return ProbeSplit(self.spec[chosen], self.frames[chosen], self.targets[index], raw)
 
     def first_frames(self, count: int) -> "ProbeSplit":
         """Every clip cut to its first ``count`` frames."""
@@ -183,8 +183,8 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
 def pooled_fbank(split: ProbeSplit) -> np.ndarray:
     """``(M, 2F)``: each mel bin's mean and standard deviation over the clip's valid frames, of the
     clips as loaded (before any ``clip_mean_norm``)."""
-    spec = (split.spec if split.raw is None else split.raw)[:, 0]  # (M, T, F)
-    valid = (torch.arange(spec.shape[1])[None, :] < split.frames.clamp_min(1)[:, None]).float()[..., None]
+    loaded = split.spec if split.raw is None else split.raw
+    spec, valid = loaded[:, 0], valid_frames(loaded, split.frames)[:, 0]  # (M, T, F), (M, T, 1)
     count = valid.sum(1)
     mean = (spec * valid).sum(1) / count
     std = (((spec - mean[:, None]) ** 2 * valid).sum(1) / count).sqrt()
