@@ -17,6 +17,9 @@ Two protocols:
 - ``finetune``: the whole encoder plus a linear head on its mean patch token, trained for a fixed
   number of steps on random windows of the drawn clips, scored by averaging logits over a test
   clip's windows (:func:`finetune_few`; both the windows of :mod:`asit.windows`). The fbank reference has nothing to fine-tune.
+  Two recipes (:data:`FINETUNE_RECIPES`, ``--finetune-recipe``): ``short``, 60 steps from a random
+  head, and ``lpft``, the head first fitted on the frozen encoder (linear probing, then fine-tuning:
+  Kumar et al., 2022), then 300 gentler steps of the whole model.
 
 Seed ``s`` draws the labelled clips (the same clips for every encoder) and the random init; the
 spread over seeds is drawn in the figure. ESC-50 is scored on its fold 1 by default (40 built-in
@@ -30,6 +33,7 @@ figure beside it.
     python -m asit.label_efficiency results/pretrain/cpu/encoder --name cpu
     python -m asit.label_efficiency ENC --tasks ks2 --shots 1,4 --seeds 3 --protocols probe
     python -m asit.label_efficiency ENC --tasks esc50 --seeds 5 --folds 1-5   # 5-fold ESC-50
+    python -m asit.label_efficiency ENC --tasks ks2_cmn --protocols finetune --finetune-recipe lpft
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -83,6 +87,41 @@ def shot_label(shots: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How :func:`finetune_few` trains; ``steps`` is fixed whatever the number of labelled clips."""
+
+    steps: int = 60
+    lr: float = 3e-4  # the peak of a one-cycle schedule (10 % warm-up, then cosine to zero)
+    head_steps: int = 0  # > 0: first fit the head alone on the frozen encoder's features (LP-FT)
+    head_lr: float = 1e-2
+    batch_size: int = 16
+    weight_decay: float = 0.05
+
+    def words(self) -> str:
+        """``"60 steps at lr 3e-04"``, or with the head fitted first, ``"300 head-only steps, then ..."``."""
+        whole = f"{self.steps} steps at lr {self.lr:.0e}"
+        return f"{self.head_steps} head-only steps, then {whole}" if self.head_steps else whole
+
+
+# short: the recipe of every sweep before lpft. Its 60 steps leave the training loss near chance on
+# the 35 keywords (an under-fitted head on top of a moving encoder), so lpft fits the head first,
+# on frozen features, and then moves the whole model gently for longer (Kumar et al., 2022,
+# "Fine-Tuning can Distort Pretrained Features"). Both recipes treat every encoder alike.
+FINETUNE_RECIPES = {
+    "short": FinetuneRecipe(),
+    "lpft": FinetuneRecipe(steps=300, lr=1e-4, head_steps=300),
+}
+
+
+def recipe_named(name: str, steps: int | None = None) -> FinetuneRecipe:
+    """The recipe called ``name`` (:data:`FINETUNE_RECIPES`), with ``steps`` replacing its own if given."""
+    if name not in FINETUNE_RECIPES:
+        raise ValueError(f"unknown fine-tuning recipe {name!r}; known: {', '.join(FINETUNE_RECIPES)}")
+    recipe = FINETUNE_RECIPES[name]
+    return recipe if steps is None else replace(recipe, steps=int(steps))
+
+
 class MeanTokenClassifier(nn.Module):
     """Encoder + linear head on the mean patch token (the cpu fine-tuning recipe's read-out)."""
 
@@ -107,11 +146,15 @@ def finetune_few(
     batch_size: int = 16,
     lr: float = 3e-4,
     weight_decay: float = 0.05,
+    head_steps: int = 0,
+    head_lr: float = 1e-2,
 ) -> dict[str, Any]:
     """Fine-tune a copy of ``encoder`` on ``train`` (one random window per clip per sample); test accuracy.
 
-    ``steps`` is fixed whatever the number of clips, so every label count costs the same. The
-    encoder given is left untouched. Returns ``{"score", "losses"}`` (the per-step training losses).
+    ``steps`` is fixed whatever the number of clips, so every label count costs the same. With
+    ``head_steps`` > 0 the head is first fitted alone (:func:`fit_head`). The arguments are
+    :class:`FinetuneRecipe`'s fields. The encoder given is left untouched. Returns ``{"score",
+    "losses"}`` (the per-step training losses of the whole model).
     """
     window = encoder.patch_embed.img_size[0]
     classes, train_y = np.unique(train.targets, return_inverse=True)
@@ -120,6 +163,8 @@ def finetune_few(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MeanTokenClassifier(copy.deepcopy(encoder), len(classes))
+    if head_steps:
+        fit_head(model, train_w, torch.as_tensor(train_y)[train_owner], head_steps, head_lr)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
@@ -141,6 +186,24 @@ def finetune_few(
         mean_logits = windowed_mean(model, test.spec, test.frames, window, chunk=256)  # (M, C)
     predicted = classes[mean_logits.argmax(1).numpy()]
     return {"score": 100.0 * float((predicted == test.targets).mean()), "losses": losses}
+
+
+def fit_head(model: MeanTokenClassifier, windows: torch.Tensor, targets: torch.Tensor, steps: int, lr: float) -> None:
+    """Train ``model.head`` alone, full batch, on the frozen encoder's mean tokens of every training window.
+
+    The linear-probing half of LP-FT: fine-tuning then starts from a head that already reads the
+    encoder's features instead of a random one whose gradients reshape them first.
+    """
+    model.eval()  # no drop path: the features the head learns are the encoder's own
+    prefix = getattr(model.encoder, "num_prefix_tokens", 1)
+    with torch.no_grad():  # in chunks: a full training split's windows need not fit at once
+        features = torch.cat([model.encoder.forward_features(chunk)[:, prefix:].mean(1) for chunk in windows.split(256)])
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model.head(features), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +263,7 @@ def sweep_task(
     shots: Sequence[int] = SHOTS,
     seeds: Sequence[int] = (0, 1, 2),
     protocols: Sequence[str] = PROTOCOLS,
-    finetune_steps: int = 60,
+    finetune: FinetuneRecipe | None = None,
     data_root: str | Path | None = None,
     progress: bool = True,
     pools: Sequence[str] = (POOL,),
@@ -213,6 +276,7 @@ def sweep_task(
     ``folds``: ESC-50's test folds (e.g. ``1..5``, the paper's cross-validation); each fold draws
     its labelled clips from its own training folds, and a row's score is the mean over the folds
     (:func:`_merge_folds`). Default: the probe task's fold 1. Other tasks ignore it.
+    ``finetune``: how each fine-tuning run trains (default: the ``short`` recipe).
 
     Rows: ``{"task", "protocol", "features", "pool", "shots", "seed", "score", "train_clips"}``
     (``shots`` 0 = all; ``train_clips``: how many labelled clips were drawn, per fold).
@@ -230,12 +294,12 @@ def sweep_task(
             raise ValueError(f"{task_name} is multi-label: label efficiency is measured on single-label tasks")
         label = task_name if fold is None else f"{task_name} fold {fold}"
         per_fold.append(_sweep_split(task_name, label, train, test, pretrained, randoms, shots, seeds, protocols,
-                                     finetune_steps, progress, pools))
+                                     finetune or FINETUNE_RECIPES["short"], progress, pools))
     return per_fold[0] if test_folds == [None] else _merge_folds(per_fold, test_folds)
 
 
 def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seeds, protocols,
-                 finetune_steps, progress, pools) -> list[dict[str, Any]]:
+                 finetune, progress, pools) -> list[dict[str, Any]]:
     """:func:`sweep_task`'s rows for one training and one test split."""
     encoders = {(PRETRAINED, s): pretrained for s in seeds}
     encoders.update({(RANDOM, s): randoms[s] for s in seeds})
@@ -260,7 +324,7 @@ def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seed
                         rows.append({**common, "protocol": "probe", "features": name, "pool": pool, "score": score})
             if "finetune" in protocols:
                 for name in (PRETRAINED, RANDOM):
-                    result = finetune_few(encoders[(name, seed)], train.subset(index), test, seed, finetune_steps)
+                    result = finetune_few(encoders[(name, seed)], train.subset(index), test, seed, **asdict(finetune))
                     rows.append({**common, "protocol": "finetune", "features": name, "pool": POOL, "score": result["score"],
                                  "final_loss": float(np.mean(result["losses"][-10:]))})
             if progress:
@@ -406,6 +470,13 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
     return fig
 
 
+def recipe_words(result: dict[str, Any]) -> str:
+    """A sweep's fine-tuning recipe in words; files written before the recipes were named hold only their steps."""
+    name = result.get("finetune_recipe", "short")
+    fields = result.get("finetune") or asdict(replace(FINETUNE_RECIPES[name], steps=result["finetune_steps"]))
+    return f"`{name}`, {FinetuneRecipe(**fields).words()}"
+
+
 def markdown(result: dict[str, Any], pool: str = POOL) -> str:
     """The sweep as Markdown: one row per (task, protocol, features), mean [min, max] per label count."""
     summary = [r for r in result["summary"] if r["pool"] in (pool, "mel mean+std")]
@@ -414,7 +485,7 @@ def markdown(result: dict[str, Any], pool: str = POOL) -> str:
     scored = ""
     if any(r["task"] == "esc50" for r in summary):  # which ESC-50 folds the scores cover
         scored = f"ESC-50 test {folds_words(folds)}; "
-    lines = [f"Encoder `{result['encoder']}`; seeds {result['seeds']}; fine-tuning {result['finetune_steps']} steps; "
+    lines = [f"Encoder `{result['encoder']}`; seeds {result['seeds']}; fine-tuning: {recipe_words(result)}; "
              f"{scored}probe read-out `{pool}` (pooled fbank: each mel bin's mean and std). Test accuracy in percent, "
              "seed mean [lowest, highest].", "",
              "| task | protocol | features | " + " | ".join(f"k = {shot_label(k)}" for k in shots) + " |",
@@ -435,25 +506,29 @@ def run(
     shots: Sequence[int] = SHOTS,
     seeds: Sequence[int] = (0, 1, 2),
     protocols: Sequence[str] = PROTOCOLS,
-    finetune_steps: int = 60,
+    finetune_steps: int | None = None,
     output_dir: str | Path = "results",
     progress: bool = True,
     folds: Sequence[int] | None = None,
+    finetune_recipe: str = "short",
 ) -> dict[str, Any]:
     """The whole sweep; writes ``<output_dir>/label_efficiency/<name>.json`` and ``.png``, returns the json.
 
     ``folds``: ESC-50's test folds (:func:`sweep_task`); None scores fold 1 only.
+    ``finetune_recipe``: a name in :data:`FINETUNE_RECIPES`; ``finetune_steps`` replaces its steps.
     """
+    recipe = recipe_named(finetune_recipe, finetune_steps)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     started = time.perf_counter()
     rows = []
     for task in tasks:
-        rows += sweep_task(task, encoder, shots, seeds, protocols, finetune_steps, progress=progress,
+        rows += sweep_task(task, encoder, shots, seeds, protocols, recipe, progress=progress,
                            pools=probe.POOLS, folds=folds)  # every read-out: section 4 of notebook 06 compares them
     summary = summarise(rows)
     result = {
         "encoder": str(encoder), "tasks": list(tasks), "shots": list(shots), "seeds": list(seeds),
-        "protocols": list(protocols), "finetune_steps": finetune_steps, "pool_shown": POOL,
+        "protocols": list(protocols), "finetune_steps": recipe.steps, "finetune_recipe": finetune_recipe,
+        "finetune": asdict(recipe), "pool_shown": POOL,
         "esc50_test_folds": [f for f in scored_folds("esc50", folds) if f is not None] or [1],
         "seconds": round(time.perf_counter() - started, 1), "summary": summary, "rows": rows,
     }  # fmt: skip
@@ -491,7 +566,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shots", default="1,2,4,8,all", help="labelled clips per class; 'all' = the whole training split")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: label draws and random inits")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune or both")
-    parser.add_argument("--finetune-steps", type=int, default=60, help="optimizer steps per fine-tuning run (batch 16)")
+    parser.add_argument("--finetune-recipe", default="short", choices=list(FINETUNE_RECIPES),
+                        help="short: 60 steps from a random head; lpft: the head fitted first, then 300 gentler steps")
+    parser.add_argument("--finetune-steps", type=int, default=None,
+                        help="optimizer steps per fine-tuning run (batch 16); default: the recipe's")
     parser.add_argument("--folds", default="1", help="ESC-50's test folds, e.g. 1-5 (the paper's 5-fold "
                         "cross-validation: each fold's read-out learns from the other four); default fold 1")
     parser.add_argument("--output-dir", default="results")
@@ -506,7 +584,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.diagnose:
         return diagnose(args.encoder, name, tasks, shots[0], list(range(args.seeds)), args.output_dir)
     return run(args.encoder, name, tasks, shots, list(range(args.seeds)), [p for p in args.protocols.split(",") if p],
-               args.finetune_steps, args.output_dir, folds=parse_folds(args.folds))
+               args.finetune_steps, args.output_dir, folds=parse_folds(args.folds), finetune_recipe=args.finetune_recipe)
 
 
 def parse_folds(text: str) -> list[int] | None:
@@ -518,7 +596,7 @@ def parse_folds(text: str) -> list[int] | None:
     return None if folds == [1] else folds
 
 
-__all__ = ["chance_level", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_words", "fit_head", "chance_level", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

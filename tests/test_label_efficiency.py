@@ -166,3 +166,21 @@ def test_plot_titles_name_the_esc50_folds_scored():
     unnamed = le.plot(summary)  # folds not given: no fold claimed
     assert [ax.get_title() for ax in unnamed.axes] == ["esc50: probe", "ks2: probe"]
     le.plt.close(unnamed)
+
+
+def test_lpft_recipe_fits_the_head_first_and_is_named_in_the_table():
+    torch.set_num_threads(1)
+    encoder = _tiny_encoder()
+    train, test = _separable_split(4, seed=0), _separable_split(10, seed=1)
+    recipe = le.recipe_named("lpft", steps=5)
+    assert (recipe.head_steps, recipe.steps) == (300, 5)
+    fitted = le.finetune_few(encoder, train, test, seed=0, **{**vars(recipe), "batch_size": 8})
+    cold = le.finetune_few(encoder, train, test, seed=0, steps=5, batch_size=8, lr=recipe.lr)
+    assert fitted["losses"] == le.finetune_few(encoder, train, test, seed=0, **{**vars(recipe), "batch_size": 8})["losses"]
+    assert fitted["losses"][0] < cold["losses"][0]  # the head already reads the features before step one
+    assert fitted["score"] >= 90.0
+    with pytest.raises(ValueError, match="unknown fine-tuning recipe"):
+        le.recipe_named("longer")
+    assert le.recipe_words({"finetune_steps": 60}) == "`short`, 60 steps at lr 3e-04"
+    assert "300 head-only steps, then 300 steps at lr 1e-04" in le.recipe_words(
+        {"finetune_steps": 300, "finetune_recipe": "lpft", "finetune": vars(le.FINETUNE_RECIPES["lpft"])})
