@@ -132,9 +132,12 @@ class MeanTokenClassifier(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:  # (B, 1, T, F) -> (B, C)
+    def features(self, spec: torch.Tensor) -> torch.Tensor:  # (B, 1, T, F) -> (B, D): what the head reads
         tokens = self.encoder.forward_features(spec)
-        return self.head(tokens[:, getattr(self.encoder, "num_prefix_tokens", 1) :].mean(1))
+        return tokens[:, getattr(self.encoder, "num_prefix_tokens", 1) :].mean(1)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:  # (B, 1, T, F) -> (B, C)
+        return self.head(self.features(spec))
 
 
 def finetune_few(
@@ -195,9 +198,8 @@ def fit_head(model: MeanTokenClassifier, windows: torch.Tensor, targets: torch.T
     encoder's features instead of a random one whose gradients reshape them first.
     """
     model.eval()  # no drop path: the features the head learns are the encoder's own
-    prefix = getattr(model.encoder, "num_prefix_tokens", 1)
     with torch.no_grad():  # in chunks: a full training split's windows need not fit at once
-        features = torch.cat([model.encoder.forward_features(chunk)[:, prefix:].mean(1) for chunk in windows.split(256)])
+        features = torch.cat([model.features(chunk) for chunk in windows.split(256)])
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr, weight_decay=1e-4)
     for _ in range(steps):
         loss = nn.functional.cross_entropy(model.head(features), targets)
