@@ -83,6 +83,7 @@ def label_efficiency_rows(result: dict[str, Any], scored: bool = False) -> list[
     ``scored``: after the task, the clips it is scored on (:func:`scored_on`) and the seed count.
     """
     summary, pool = result["summary"], result["pool_shown"]
+    recipe = result.get("finetune_recipe", "short")
     lines = []
     for task in result["tasks"]:
         fbank = _summary_row(summary, task, "probe", FBANK, None)
@@ -93,7 +94,8 @@ def label_efficiency_rows(result: dict[str, Any], scored: bool = False) -> list[
                 continue
             gap = label_efficiency.gap(summary, task, protocol, LABEL_SHOTS, pool=pool)
             where = f"{scored_on(result, task)} | {len(result['seeds'])} | " if scored else ""
-            lines.append(f"| {task} | {where}{protocol} | {_spread(ours)} | {_spread(theirs)} | {_spread(fbank) if fbank else '-'} | "
+            named = f"{protocol} ({recipe})" if protocol == "finetune" and recipe != "short" else protocol
+            lines.append(f"| {task} | {where}{named} | {_spread(ours)} | {_spread(theirs)} | {_spread(fbank) if fbank else '-'} | "
                          f"{gap['lead']:+.1f} | {gap['margin']:+.1f} | {seed_ranges_in_words(ours, theirs)} |")
     return lines
 
@@ -123,7 +125,10 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
 
 
 # The files `make label-efficiency` writes, one task each (ESC-50 on all five test folds).
-LONG_SWEEPS = ("course_5seeds_5folds_esc50", "course_5seeds_ks2", "course_5seeds_ks2_cmn", "course_5seeds_voxceleb1")
+LONG_SWEEPS = (
+    "course_5seeds_5folds_esc50", "course_5seeds_ks2", "course_5seeds_ks2_cmn", "course_5seeds_ks2_cmn_lpft",
+    "course_5seeds_voxceleb1",
+)
 
 
 def scored_on(result: dict[str, Any], task: str) -> str:
@@ -131,6 +136,12 @@ def scored_on(result: dict[str, Any], task: str) -> str:
     if task != "esc50":
         return "test split"
     return label_efficiency.folds_words(result.get("esc50_test_folds", [1]))
+
+
+SCORED_TABLE_HEADER = (
+    "| task | scored on | seeds | protocol | pretrained | random init | pooled fbank | lead | margin | seed ranges |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+)  # the columns of label_efficiency_rows(result, scored=True)
 
 
 def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS, links_from: Path | None = None) -> str:
@@ -141,10 +152,7 @@ def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS, li
     start = links_from if links_from is not None else results_dir.parent
     found = [(name, results_dir / "label_efficiency" / f"{name}.json") for name in names]
     missing = [os.path.relpath(path, start) for _, path in found if not path.is_file()]
-    lines = [
-        "| task | scored on | seeds | protocol | pretrained | random init | pooled fbank | lead | margin | seed ranges |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = list(SCORED_TABLE_HEADER)
     links = []
     for name, path in found:
         if not path.is_file():

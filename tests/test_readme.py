@@ -94,3 +94,18 @@ def test_long_sweep_block_lists_the_files_make_label_efficiency_writes():
     sweeps = re.findall(r"asit\.label_efficiency \S+ --seeds 5 .*--name (\S+)", dry_run)
     assert sorted(sweeps) == sorted(LONG_SWEEPS)
     assert "--folds 1-5 --name course_5seeds_5folds_esc50" in dry_run  # ESC-50 on every fold
+
+
+def test_a_sweep_fine_tuned_with_another_recipe_names_it_in_the_protocol(tmp_path):
+    _write_sweep(tmp_path / "results", pool="mean")
+    sweep_file = tmp_path / "results" / "label_efficiency" / "cpu.json"
+    sweep = json.loads(sweep_file.read_text())
+
+    def protocols():
+        block = label_efficiency_block(tmp_path / "results")
+        return [line.split(" | ")[1] for line in block.splitlines() if line.startswith("| esc50 |")]
+
+    assert protocols() == ["probe", "finetune"]  # a file without a recipe: the short one, unnamed
+    sweep["finetune_recipe"] = "lpft"
+    sweep_file.write_text(json.dumps(sweep))
+    assert protocols() == ["probe", "finetune (lpft)"]
