@@ -127,9 +127,11 @@ le-neighbours: $(STAMP) $(BUILTIN_DATA)
 # 12 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/: the
 # committed course encoder is this output. COURSE_EPOCHS=N: a shorter look. One thread: the committed
 # losses were recorded so (the test compares them bit for bit), and small tensors run faster so.
+# MKL_CBWR=AVX2: MKL's AVX2 path on any x86-64 CPU, so a newer CPU computes the same steps (the
+# committed first steps are what that path gives; asit/course.py says why).
 COURSE_EPOCHS ?=
 course-checkpoint: $(STAMP) $(BUILTIN_DATA)
-	OMP_NUM_THREADS=1 $(PY) -m asit.course $(if $(COURSE_EPOCHS),--epochs $(COURSE_EPOCHS))
+	MKL_CBWR=AVX2 OMP_NUM_THREADS=1 $(PY) -m asit.course $(if $(COURSE_EPOCHS),--epochs $(COURSE_EPOCHS))
 
 # Only the project's kernel in the launcher: ipykernel's own "Python 3" would be the same
 # interpreter under another name, which the notebooks do not ask for (papermill and nbval still

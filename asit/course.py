@@ -9,7 +9,11 @@ when it is present and pretrain (at the notebook's own preset) only when it is a
     python -m asit.course --epochs 2    # a shorter run into a scratch folder, for a quick look
 
 The run is :data:`COURSE_SETTINGS` over the ``cpu`` preset; its ``steps.jsonl`` is committed with
-the encoder, so a test can rerun the first steps and compare them loss for loss.
+the encoder, so a test can rerun the first steps and compare them loss for loss. The make target
+runs on one thread with ``MKL_CBWR=AVX2`` (Intel MKL's conditional numerical reproducibility: the
+same AVX2 code path on every x86-64 CPU that has it), because MKL's default picks the newest
+instructions a CPU offers and AVX-512 or AMX kernels round the matrix products differently in the
+last bits, enough to change the losses from the sixth step on.
 """
 
 from __future__ import annotations

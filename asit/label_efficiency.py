@@ -145,19 +145,14 @@ def finetune_few(
     train: probe.ProbeSplit,
     test: probe.ProbeSplit,
     seed: int,
-    steps: int = 60,
-    batch_size: int = 16,
-    lr: float = 3e-4,
-    weight_decay: float = 0.05,
-    head_steps: int = 0,
-    head_lr: float = 1e-2,
+    recipe: FinetuneRecipe = FINETUNE_RECIPES["short"],
 ) -> dict[str, Any]:
     """Fine-tune a copy of ``encoder`` on ``train`` (one random window per clip per sample); test accuracy.
 
-    ``steps`` is fixed whatever the number of clips, so every label count costs the same. With
-    ``head_steps`` > 0 the head is first fitted alone (:func:`fit_head`). The arguments are
-    :class:`FinetuneRecipe`'s fields. The encoder given is left untouched. Returns ``{"score",
-    "losses"}`` (the per-step training losses of the whole model).
+    ``recipe.steps`` is fixed whatever the number of clips, so every label count costs the same.
+    With ``recipe.head_steps`` > 0 the head is first fitted alone (:func:`fit_head`). The encoder
+    given is left untouched. Returns ``{"score", "losses"}`` (the per-step training losses of the
+    whole model).
     """
     window = encoder.patch_embed.img_size[0]
     classes, train_y = np.unique(train.targets, return_inverse=True)
@@ -166,15 +161,15 @@ def finetune_few(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MeanTokenClassifier(copy.deepcopy(encoder), len(classes))
-    if head_steps:
-        fit_head(model, train_w, torch.as_tensor(train_y)[train_owner], head_steps, head_lr)
+    if recipe.head_steps:
+        fit_head(model, train_w, torch.as_tensor(train_y)[train_owner], recipe.head_steps, recipe.head_lr)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.steps, pct_start=0.1)
     targets = torch.as_tensor(train_y)
     losses = []
-    for _ in range(steps):
-        clips = torch.randint(len(targets), (batch_size,), generator=generator)
+    for _ in range(recipe.steps):
+        clips = torch.randint(len(targets), (recipe.batch_size,), generator=generator)
         windows = random_window(train_w, train_owner, clips, generator)  # (B, 1, window, F)
         with torch.random.fork_rng(devices=[]):  # drop path draws from the step's own seed
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
@@ -326,7 +321,7 @@ def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seed
                         rows.append({**common, "protocol": "probe", "features": name, "pool": pool, "score": score})
             if "finetune" in protocols:
                 for name in (PRETRAINED, RANDOM):
-                    result = finetune_few(encoders[(name, seed)], train.subset(index), test, seed, **asdict(finetune))
+                    result = finetune_few(encoders[(name, seed)], train.subset(index), test, seed, finetune)
                     rows.append({**common, "protocol": "finetune", "features": name, "pool": POOL, "score": result["score"],
                                  "final_loss": float(np.mean(result["losses"][-10:]))})
             if progress:
@@ -433,6 +428,26 @@ def gap(summary: list[dict[str, Any]], task: str, protocol: str, shots: int = 4,
     ours, theirs = row(PRETRAINED), row(RANDOM)
     return {"lead": ours["mean"] - theirs["mean"], "margin": ours["min"] - theirs["max"],
             "pretrained": ours["mean"], "random init": theirs["mean"]}
+
+
+def rerun_words(stored: dict[tuple[str, int], float], again: list[dict[str, Any]]) -> str:
+    """How recomputed scores compare with stored ones, keyed by (features, seed), in words.
+
+    Identical on the machine type that wrote them; elsewhere a near-tied clip may turn, so the
+    test a rerun must pass is to land inside the stored seeds' range for the same features.
+    """
+    pairs = [(stored.get((r["features"], r["seed"])), r) for r in again]
+    if all(old == r["score"] for old, r in pairs):
+        return f"{len(pairs)} scores recomputed, all identical to the stored ones"
+    words = f"{len(pairs)} scores recomputed, differences {[None if old is None else round(r['score'] - old, 1) for old, r in pairs]}"
+    outside = []
+    for old, r in pairs:
+        same_features = [v for (features, _), v in stored.items() if features == r["features"]]
+        if not same_features or not min(same_features) <= r["score"] <= max(same_features):
+            outside.append(f"{r['features']} seed {r['seed']} {r['score']:.1f}")
+    if outside:
+        return words + f"; outside the stored seeds' range: {', '.join(outside)}"
+    return words + "; every one inside the stored seeds' range for its features"
 
 
 def chance_level(rows: list[dict[str, Any]], task: str) -> float | None:
@@ -598,7 +613,7 @@ def parse_folds(text: str) -> list[int] | None:
     return None if folds == [1] else folds
 
 
-__all__ = ["FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_words", "fit_head", "chance_level", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_words", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

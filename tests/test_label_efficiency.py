@@ -1,5 +1,7 @@
 """asit.label_efficiency: drawing k labels per class, few-label fine-tuning, the seed-range verdict."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -43,12 +45,13 @@ def test_finetune_few_learns_a_separable_task_deterministically_and_leaves_the_e
     encoder = _tiny_encoder()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     train, test = _separable_split(4, seed=0), _separable_split(10, seed=1)
-    first = le.finetune_few(encoder, train, test, seed=0, steps=25, batch_size=8, lr=1e-3)
-    again = le.finetune_few(encoder, train, test, seed=0, steps=25, batch_size=8, lr=1e-3)
+    quick = le.FinetuneRecipe(steps=25, batch_size=8, lr=1e-3)
+    first = le.finetune_few(encoder, train, test, seed=0, recipe=quick)
+    again = le.finetune_few(encoder, train, test, seed=0, recipe=quick)
     assert first["losses"] == again["losses"]  # same seed, same losses, bit for bit
     assert first["score"] == again["score"] >= 90.0  # chance is 50
     assert np.mean(first["losses"][-5:]) < np.mean(first["losses"][:5])
-    other = le.finetune_few(encoder, train, test, seed=1, steps=25, batch_size=8, lr=1e-3)
+    other = le.finetune_few(encoder, train, test, seed=1, recipe=quick)
     assert other["losses"] != first["losses"]
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -90,6 +93,7 @@ def test_pretraining_then_finetuning_twice_with_one_seed_gives_identical_losses(
     from asit.models import load_encoder
     from test_pretrain import smoke_config
 
+    tiny = le.FinetuneRecipe(steps=4, batch_size=4)
     runs = []
     for name in ("first", "second"):
         result = engine.pretrain(smoke_config(tmp_path, output_dir=str(tmp_path / name), num_workers=1), progress=False)
@@ -97,7 +101,7 @@ def test_pretraining_then_finetuning_twice_with_one_seed_gives_identical_losses(
         encoder = load_encoder(result.encoder_dir)
         split = _separable_split(3, seed=0)
         short = probe.ProbeSplit(split.spec[:, :, : encoder.patch_embed.img_size[0]], torch.full((6,), 64), split.targets)
-        runs.append((steps, le.finetune_few(encoder, short, short, seed=0, steps=4, batch_size=4)["losses"]))
+        runs.append((steps, le.finetune_few(encoder, short, short, seed=0, recipe=tiny)["losses"]))
     assert runs[0][0] == runs[1][0] and runs[0][0].count("\n") >= 2  # every logged pretraining loss
     assert runs[0][1] == runs[1][1]  # every fine-tuning loss
 
@@ -174,9 +178,10 @@ def test_lpft_recipe_fits_the_head_first_and_is_named_in_the_table():
     train, test = _separable_split(4, seed=0), _separable_split(10, seed=1)
     recipe = le.recipe_named("lpft", steps=5)
     assert (recipe.head_steps, recipe.steps) == (300, 5)
-    fitted = le.finetune_few(encoder, train, test, seed=0, **{**vars(recipe), "batch_size": 8})
-    cold = le.finetune_few(encoder, train, test, seed=0, steps=5, batch_size=8, lr=recipe.lr)
-    assert fitted["losses"] == le.finetune_few(encoder, train, test, seed=0, **{**vars(recipe), "batch_size": 8})["losses"]
+    recipe = dataclasses.replace(recipe, batch_size=8)
+    fitted = le.finetune_few(encoder, train, test, seed=0, recipe=recipe)
+    cold = le.finetune_few(encoder, train, test, seed=0, recipe=dataclasses.replace(recipe, head_steps=0))
+    assert fitted["losses"] == le.finetune_few(encoder, train, test, seed=0, recipe=recipe)["losses"]
     assert fitted["losses"][0] < cold["losses"][0]  # the head already reads the features before step one
     assert fitted["score"] >= 90.0
     with pytest.raises(ValueError, match="unknown fine-tuning recipe"):
@@ -184,3 +189,18 @@ def test_lpft_recipe_fits_the_head_first_and_is_named_in_the_table():
     assert le.recipe_words({"finetune_steps": 60}) == "`short`, 60 steps at lr 3e-04"
     assert "300 head-only steps, then 300 steps at lr 1e-04" in le.recipe_words(
         {"finetune_steps": 300, "finetune_recipe": "lpft", "finetune": vars(le.FINETUNE_RECIPES["lpft"])})
+
+
+def test_rerun_words_say_identical_or_whether_each_score_lands_inside_its_features_stored_range():
+    stored = {("pretrained", 0): 40.0, ("pretrained", 1): 50.0, ("random init", 0): 30.0, ("random init", 1): 35.0}
+
+    def rows(*scores):  # recomputed rows in the stored keys' order
+        return [{"features": f, "seed": s, "score": v} for (f, s), v in zip(stored, scores)]
+
+    assert le.rerun_words(stored, rows(40.0, 50.0, 30.0, 35.0)) == "4 scores recomputed, all identical to the stored ones"
+    inside = le.rerun_words(stored, rows(45.0, 50.0, 30.0, 35.0))
+    assert inside.endswith("differences [5.0, 0.0, 0.0, 0.0]; every one inside the stored seeds' range for its features")
+    outside = le.rerun_words(stored, rows(40.0, 50.0, 37.5, 35.0))  # above the random inits' 30-35
+    assert outside.endswith("; outside the stored seeds' range: random init seed 0 37.5")
+    unknown = le.rerun_words(stored, [{"features": "fbank", "seed": 0, "score": 60.0}])  # nothing stored for it
+    assert unknown.endswith("differences [None]; outside the stored seeds' range: fbank seed 0 60.0")
