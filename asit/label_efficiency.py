@@ -439,7 +439,8 @@ def rerun_words(stored: dict[tuple[str, int], float], again: list[dict[str, Any]
     pairs = [(stored.get((r["features"], r["seed"])), r) for r in again]
     if all(old == r["score"] for old, r in pairs):
         return f"{len(pairs)} scores recomputed, all identical to the stored ones"
-    words = f"{len(pairs)} scores recomputed, differences {[None if old is None else round(r['score'] - old, 1) for old, r in pairs]}"
+    differences = [None if old is None else round(r["score"] - old, 1) for old, r in pairs]
+    words = f"{len(pairs)} scores recomputed, differences {differences}"
     outside = []
     for old, r in pairs:
         same_features = [v for (features, _), v in stored.items() if features == r["features"]]
