@@ -16,7 +16,9 @@ Two protocols:
   cross-validation on the drawn clips only when each class has at least two);
 - ``finetune``: the whole encoder plus a linear head on its mean patch token, trained for a fixed
   number of steps on random windows of the drawn clips, scored by averaging logits over a test
-  clip's windows (:func:`finetune_few`; both the windows of :mod:`asit.windows`). The fbank reference has nothing to fine-tune.
+  clip's windows (:func:`finetune_few`; both the windows of :mod:`asit.windows`). The fbank
+  reference has nothing to fine-tune: its probe is scored whatever the protocols (it takes
+  seconds) and drawn, dashed, beside the fine-tuned curves too.
   Two recipes (:data:`FINETUNE_RECIPES`, ``--finetune-recipe``): ``short``, 60 steps from a random
   head, and ``lpft``, the head first fitted on the frozen encoder (linear probing, then fine-tuning:
   Kumar et al., 2022), then 300 gentler steps of the whole model.
@@ -311,9 +313,10 @@ def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seed
             index = draw_shots(train.targets, k, seed)
             common = {"task": task_name, "shots": k, "seed": seed, "train_clips": len(index)}
             y = train.targets[index]
+            # the reference that needs no learning, whatever the protocols: seconds, on every curve
+            rows.append({**common, "protocol": "probe", "features": probe.FBANK, "pool": "mel mean+std",
+                         "score": probe.probe_score(fbank_train[index], y, fbank_test, test.targets)})
             if "probe" in protocols:
-                rows.append({**common, "protocol": "probe", "features": probe.FBANK, "pool": "mel mean+std",
-                             "score": probe.probe_score(fbank_train[index], y, fbank_test, test.targets)})
                 for name in (PRETRAINED, RANDOM):
                     train_f, test_f = features[(name, seed)]
                     for pool in pools:
@@ -464,17 +467,22 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
     ``esc50_folds``: the ESC-50 test folds the scores cover (a result's ``esc50_test_folds``),
     named in that task's panel titles; None names none (the summary alone does not say).
     """
-    panels = sorted({(r["protocol"], r["task"]) for r in summary}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
+    encoders = [r for r in summary if r["features"] != probe.FBANK]
+    panels = sorted({(r["protocol"], r["task"]) for r in encoders}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     styles = {PRETRAINED: ("C0", "o"), RANDOM: ("C3", "s"), probe.FBANK: ("0.4", "^")}
     for ax, (protocol, task) in zip(axes[0], panels):
         for features, (colour, marker) in styles.items():
-            line = sorted((r for r in summary if (r["protocol"], r["task"], r["features"]) == (protocol, task, features)
+            # the pooled fbank has only a probe: its line is the reference in every panel of the task
+            drawn = "probe" if features == probe.FBANK else protocol
+            line = sorted((r for r in summary if (r["protocol"], r["task"], r["features"]) == (drawn, task, features)
                            and r["pool"] in (pool, "mel mean+std")), key=lambda r: r["shots"] or 10**6)
             if not line:
                 continue
             x = np.arange(len(line))
-            ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=features)
+            label = features if drawn == protocol else f"{features} (probe)"
+            ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=label,
+                    linestyle="-" if drawn == protocol else "--")
             ax.fill_between(x, [r["min"] for r in line], [r["max"] for r in line], color=colour, alpha=0.2)
             ax.set_xticks(x, [shot_label(r["shots"]) for r in line])
         scored = f" ({folds_words(esc50_folds)})" if task == "esc50" and esc50_folds else ""

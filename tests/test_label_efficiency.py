@@ -204,3 +204,21 @@ def test_rerun_words_say_identical_or_whether_each_score_lands_inside_its_featur
     assert outside.endswith("; outside the stored seeds' range: random init seed 0 37.5")
     unknown = le.rerun_words(stored, [{"features": "fbank", "seed": 0, "score": 60.0}])  # nothing stored for it
     assert unknown.endswith("differences [None]; outside the stored seeds' range: fbank seed 0 60.0")
+
+
+def test_a_fine_tuning_only_sweep_keeps_the_pooled_fbank_reference_and_draws_it_dashed(tmp_path, monkeypatch):
+    from layouts import write_esc50
+
+    torch.set_num_threads(1)
+    esc = write_esc50(tmp_path / "esc50", num_classes=2, clips_per_fold=2, folds=5, seconds=0.6)
+    monkeypatch.setattr(probe, "PROBE_TASKS", {"esc50": probe.ProbeTask("esc50", "trainval", "test", 64, {"fold": 1})})
+    rows = le.sweep_task("esc50", _tiny_encoder(), shots=(1,), seeds=(0,), protocols=("finetune",), data_root=esc,
+                         progress=False, finetune=le.FinetuneRecipe(steps=2, batch_size=2))
+    assert sorted((r["protocol"], r["features"]) for r in rows) == [
+        ("finetune", le.PRETRAINED), ("finetune", le.RANDOM), ("probe", probe.FBANK)]
+    figure = le.plot(le.summarise(rows))
+    (panel,) = figure.axes  # one panel: the fine-tuning; the reference has no panel of its own
+    assert panel.get_title() == "esc50: finetune"
+    lines = {line.get_label(): line.get_linestyle() for line in panel.get_lines()}
+    assert lines == {le.PRETRAINED: "-", le.RANDOM: "-", f"{probe.FBANK} (probe)": "--"}
+    le.plt.close(figure)
