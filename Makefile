@@ -128,7 +128,8 @@ le-neighbours: $(STAMP) $(BUILTIN_DATA)
 # committed course encoder is this output. COURSE_EPOCHS=N: a shorter look. One thread: the committed
 # losses were recorded so (the test compares them bit for bit), and small tensors run faster so.
 # MKL_CBWR=AVX2: MKL's AVX2 path on any x86-64 CPU, so a newer CPU computes the same steps (the
-# committed first steps are what that path gives; asit/course.py says why).
+# committed first steps are what that path gives; asit/course.py says why, and its REPRODUCIBLE_ENV,
+# which a test holds this line to, names both settings).
 COURSE_EPOCHS ?=
 course-checkpoint: $(STAMP) $(BUILTIN_DATA)
 	MKL_CBWR=AVX2 OMP_NUM_THREADS=1 $(PY) -m asit.course $(if $(COURSE_EPOCHS),--epochs $(COURSE_EPOCHS))

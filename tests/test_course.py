@@ -38,13 +38,6 @@ def test_the_command_makes_the_committed_config():
     assert recorded_part(made, recorded) == recorded  # every setting the checkpoint recorded
 
 
-# Intel MKL's conditional numerical reproducibility: its AVX2 code path on every x86-64 CPU that has
-# AVX2, so a newer CPU (AVX-512, AMX) rounds the matrix products as the one that wrote the checkpoint.
-# `make course-checkpoint` runs under the same setting, and MKL reads it once, at its first call:
-# hence a fresh process.
-REPRODUCIBLE_ENV = {"MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1"}
-
-
 def first_steps(output_dir: str, steps: int = FIRST_STEPS) -> list[dict]:
     """The course pretraining's logged losses over its first ``steps`` steps, then stop."""
     calls = {"n": 0}
@@ -71,13 +64,20 @@ def first_steps(output_dir: str, steps: int = FIRST_STEPS) -> list[dict]:
                     reason="needs the committed course checkpoint and the built-in data (make data)")
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="bit-exact steps need MKL (x86-64)")
 def test_the_command_reproduces_the_committed_first_steps(tmp_path):
-    run = subprocess.run([sys.executable, __file__, str(tmp_path)], env={**os.environ, **REPRODUCIBLE_ENV},
+    run = subprocess.run([sys.executable, __file__, str(tmp_path)], env={**os.environ, **course.REPRODUCIBLE_ENV},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     ours = json.loads(run.stdout.splitlines()[-1])
     theirs = [json.loads(line) for line in (COMMITTED / "steps.jsonl").read_text().splitlines()][: len(ours)]
     assert len(ours) == FIRST_STEPS // course.course_config().log_every
     assert ours == theirs  # every logged loss, bit for bit
+
+
+def test_make_course_checkpoint_runs_in_the_reproducible_environment():
+    dry_run = subprocess.run(["make", "-n", "course-checkpoint"], cwd=repo_root(), capture_output=True, text=True,
+                             check=True).stdout
+    command = next(line for line in dry_run.splitlines() if "-m asit.course" in line)
+    assert all(f"{name}={value}" in command.split() for name, value in course.REPRODUCIBLE_ENV.items())
 
 
 if __name__ == "__main__":  # the fresh process of the test above
