@@ -26,6 +26,7 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1
 
 .PHONY: help system venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint \
+	label-efficiency-headline \
 	le-esc50 le-ks2 le-ks2_cmn le-ks2_cmn_lpft le-voxceleb1 le-diagnosis le-neighbours
 
 help:
@@ -34,6 +35,7 @@ help:
 	@echo "make lab         JupyterLab on notebooks/ with the project's kernel"
 	@echo "make bench       python -m asit.bench (prints and writes results/benchmarks/)"
 	@echo "make label-efficiency  the label-efficiency sweep of the course encoder, 5 seeds (results/label_efficiency/; -j2: 2 at once)"
+	@echo "make label-efficiency-headline  notebook 06's own sweep again, 3 seeds (results/label_efficiency/cpu.json, what make reproduce reads)"
 	@echo "make course-checkpoint pretrain the course encoder once and copy it to results/course_checkpoint/"
 	@echo "make data        (re)build the built-in data sets under data/builtin"
 	@echo "make system      check the system packages ($(SYSTEM_PACKAGES)); as root, install them"
@@ -101,6 +103,11 @@ test-unit: $(STAMP) $(BUILTIN_DATA)
 
 test-notebooks: $(STAMP) $(BUILTIN_DATA)
 	ASIT_FORCE_PRESET=smoke $(PY) -m pytest notebooks $(NBVAL_FLAGS)
+
+# The sweep that `make reproduce` reads (notebook 06 reads it when its parameters are the file's, and
+# a test holds them together): the notebook run again with its own parameters, two tasks at once.
+label-efficiency-headline: $(STAMP) $(BUILTIN_DATA)
+	OMP_NUM_THREADS=1 $(PY) -m asit.reproduce --preset cpu --only 06 -p rerun True -p jobs 2
 
 # The label sweep with more seeds than notebook 06 runs: 1, 2, 4, 8, all labels per class, probe and
 # fine-tuning, the course encoder (results/course_checkpoint) against 5 random inits and the pooled fbank;

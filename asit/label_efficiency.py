@@ -36,6 +36,7 @@ figure beside it.
     python -m asit.label_efficiency ENC --tasks ks2 --shots 1,4 --seeds 3 --protocols probe
     python -m asit.label_efficiency ENC --tasks esc50 --seeds 5 --folds 1-5   # 5-fold ESC-50
     python -m asit.label_efficiency ENC --tasks ks2_cmn --protocols finetune --finetune-recipe lpft
+    python -m asit.label_efficiency ENC --tasks esc50,ks2_cmn --finetune-recipe short,ks2_cmn:lpft --jobs 2
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,6 +125,62 @@ def recipe_named(name: str, steps: int | None = None) -> FinetuneRecipe:
         raise ValueError(f"unknown fine-tuning recipe {name!r}; known: {', '.join(FINETUNE_RECIPES)}")
     recipe = FINETUNE_RECIPES[name]
     return recipe if steps is None else replace(recipe, steps=int(steps))
+
+
+def recipes_by_task(spec: str, tasks: Sequence[str]) -> dict[str, str]:
+    """Each task's recipe name from ``spec``: one name for every task, then ``task:name`` exceptions.
+
+    ``"short"`` -> every task ``short``; ``"short,ks2_cmn:lpft"`` -> ``ks2_cmn`` fitted by ``lpft``,
+    the others by ``short``. An exception for a known task that is not swept is unused (a notebook's
+    smaller preset sweeps fewer tasks); an unknown task or recipe is an error.
+    """
+    default, exceptions = "short", {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        task, colon, name = part.rpartition(":")
+        if colon:
+            exceptions[task.strip()] = name.strip()
+        else:
+            default = name
+    unknown = sorted(set(exceptions) - set(probe.PROBE_TASKS))
+    if unknown:
+        raise ValueError(f"fine-tuning recipe {spec!r} names the unknown task(s) {', '.join(unknown)}")
+    for name in {default, *exceptions.values()}:
+        recipe_named(name)  # an unknown recipe fails here, before any training
+    return {task: exceptions.get(task, default) for task in tasks}
+
+
+def recipe_fields(spec: str, tasks: Sequence[str], steps: int | None = None) -> dict[str, dict[str, Any]]:
+    """Each task's recipe as :func:`run` records it (``recipes``): the fields of a :class:`FinetuneRecipe`."""
+    return {task: asdict(recipe_named(name, steps)) for task, name in recipes_by_task(spec, tasks).items()}
+
+
+def recipes_run(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each task's fine-tuning recipe (a :class:`FinetuneRecipe`'s fields) as a sweep's json records it.
+
+    Files written before recipes were set per task hold one recipe for all (``finetune``), and
+    older ones only its name and steps, or only the steps (the ``short`` recipe).
+    """
+    if "recipes" in result:
+        return result["recipes"]
+    name = result.get("finetune_recipe", "short")
+    steps = result.get("finetune_steps") or FINETUNE_RECIPES[name].steps  # a file with no steps ran the recipe's
+    fields = result.get("finetune") or asdict(replace(FINETUNE_RECIPES[name], steps=steps))
+    return {task: fields for task in _tasks_of(result)}
+
+
+def recipe_names(result: dict[str, Any]) -> dict[str, str]:
+    """Each task's fine-tuning recipe name in a sweep's json: :func:`plot`'s ``recipes``."""
+    return {task: recipe_of(result, task) for task in _tasks_of(result)}
+
+
+def _tasks_of(result: dict[str, Any]) -> list[str]:
+    """A sweep's tasks in order: its ``tasks``, or (a summary alone) the tasks its rows name."""
+    return result.get("tasks") or list(dict.fromkeys(r["task"] for r in result.get("summary", [])))
+
+
+def recipe_of(result: dict[str, Any], task: str) -> str:
+    """The name of the recipe ``task`` was fine-tuned by in a sweep's json (older files: one for all)."""
+    return result.get("finetune_recipes", {}).get(task) or result.get("finetune_recipe", "short")
 
 
 class MeanTokenClassifier(nn.Module):
@@ -461,34 +520,30 @@ def chance_level(rows: list[dict[str, Any]], task: str) -> float | None:
 
 
 def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL,
-         esc50_folds: Sequence[int] | None = None):
-    """One panel per (protocol, task): accuracy against labels per class, seed range shaded.
+         esc50_folds: Sequence[int] | None = None, recipes: dict[str, str] | None = None):
+    """A row of panels per protocol, a column per task: accuracy against labels per class, seed range shaded.
 
     ``esc50_folds``: the ESC-50 test folds the scores cover (a result's ``esc50_test_folds``),
     named in that task's panel titles; None names none (the summary alone does not say).
+    ``recipes``: each task's fine-tuning recipe (a result's ``finetune_recipes``); a recipe other
+    than ``short`` is named in its fine-tuning panel's title.
     """
     encoders = [r for r in summary if r["features"] != probe.FBANK]
-    panels = sorted({(r["protocol"], r["task"]) for r in encoders}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    styles = {PRETRAINED: ("C0", "o"), RANDOM: ("C3", "s"), probe.FBANK: ("0.4", "^")}
-    for ax, (protocol, task) in zip(axes[0], panels):
-        for features, (colour, marker) in styles.items():
-            # the pooled fbank has only a probe: its line is the reference in every panel of the task
-            drawn = "probe" if features == probe.FBANK else protocol
-            line = sorted((r for r in summary if (r["protocol"], r["task"], r["features"]) == (drawn, task, features)
-                           and r["pool"] in (pool, "mel mean+std")), key=lambda r: r["shots"] or 10**6)
-            if not line:
+    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in encoders)]
+    tasks = list(dict.fromkeys(r["task"] for r in encoders))
+    fig, axes = plt.subplots(len(protocols), len(tasks), figsize=(4.2 * len(tasks), 3.4 * len(protocols)),
+                             squeeze=False)
+    for row, protocol in zip(axes, protocols):
+        for ax, task in zip(row, tasks):
+            if not any((r["protocol"], r["task"]) == (protocol, task) for r in encoders):
+                fig.delaxes(ax)  # e.g. a task swept by one protocol only
                 continue
-            x = np.arange(len(line))
-            label = features if drawn == protocol else f"{features} (probe)"
-            ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=label,
-                    linestyle="-" if drawn == protocol else "--")
-            ax.fill_between(x, [r["min"] for r in line], [r["max"] for r in line], color=colour, alpha=0.2)
-            ax.set_xticks(x, [shot_label(r["shots"]) for r in line])
-        scored = f" ({folds_words(esc50_folds)})" if task == "esc50" and esc50_folds else ""
-        ax.set(title=f"{task}{scored}: {protocol}", xlabel="labelled clips per class", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+            _draw_panel(ax, summary, protocol, task, pool)
+            scored = f" ({folds_words(esc50_folds)})" if task == "esc50" and esc50_folds else ""
+            recipe = (recipes or {}).get(task, "short")
+            named = f"{protocol} ({recipe})" if protocol == "finetune" and recipe != "short" else protocol
+            ax.set(title=f"{task}{scored}: {named}", xlabel="labelled clips per class", ylabel="test accuracy (%)")
+    fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -496,11 +551,35 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
     return fig
 
 
+def _draw_panel(ax, summary: list[dict[str, Any]], protocol: str, task: str, pool: str) -> None:
+    """One panel of :func:`plot`: the pretrained and random-init lines, and the pooled fbank's probe."""
+    styles = {PRETRAINED: ("C0", "o"), RANDOM: ("C3", "s"), probe.FBANK: ("0.4", "^")}
+    for features, (colour, marker) in styles.items():
+        # the pooled fbank has only a probe: its line is the reference in every panel of the task
+        drawn = "probe" if features == probe.FBANK else protocol
+        line = sorted((r for r in summary if (r["protocol"], r["task"], r["features"]) == (drawn, task, features)
+                       and r["pool"] in (pool, "mel mean+std")), key=lambda r: r["shots"] or 10**6)
+        if not line:
+            continue
+        x = np.arange(len(line))
+        label = features if drawn == protocol else f"{features} (probe)"
+        ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=label,
+                linestyle="-" if drawn == protocol else "--")
+        ax.fill_between(x, [r["min"] for r in line], [r["max"] for r in line], color=colour, alpha=0.2)
+        ax.set_xticks(x, [shot_label(r["shots"]) for r in line])
+    ax.grid(alpha=0.3)
+
+
 def recipe_words(result: dict[str, Any]) -> str:
-    """A sweep's fine-tuning recipe in words; files written before the recipes were named hold only their steps."""
-    name = result.get("finetune_recipe", "short")
-    fields = result.get("finetune") or asdict(replace(FINETUNE_RECIPES[name], steps=result["finetune_steps"]))
-    return f"`{name}`, {FinetuneRecipe(**fields).words()}"
+    """A sweep's fine-tuning recipes in words, each with the tasks it fitted when they differ."""
+    recipes = recipes_run(result)
+    used: dict[tuple[str, str], list[str]] = {}  # (name, words) -> tasks, in the sweep's order
+    for task in _tasks_of(result):
+        used.setdefault((recipe_of(result, task), FinetuneRecipe(**recipes[task]).words()), []).append(task)
+    if len(used) == 1:
+        (name, words), = used
+        return f"`{name}`, {words}"
+    return "; ".join(f"`{name}` ({', '.join(tasks)}), {words}" for (name, words), tasks in used.items())
 
 
 def markdown(result: dict[str, Any], pool: str = POOL) -> str:
@@ -525,6 +604,12 @@ def markdown(result: dict[str, Any], pool: str = POOL) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sweep_one_thread(task: str, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`sweep_task` in a worker process of :func:`run`: one thread, as each small step is fastest."""
+    torch.set_num_threads(1)
+    return sweep_task(task, **arguments)
+
+
 def run(
     encoder: str | Path,
     name: str,
@@ -537,32 +622,45 @@ def run(
     progress: bool = True,
     folds: Sequence[int] | None = None,
     finetune_recipe: str = "short",
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """The whole sweep; writes ``<output_dir>/label_efficiency/<name>.json`` and ``.png``, returns the json.
 
     ``folds``: ESC-50's test folds (:func:`sweep_task`); None scores fold 1 only.
-    ``finetune_recipe``: a name in :data:`FINETUNE_RECIPES`; ``finetune_steps`` replaces its steps.
+    ``finetune_recipe``: a name in :data:`FINETUNE_RECIPES`, or one per task (:func:`recipes_by_task`);
+    ``finetune_steps`` replaces every recipe's steps.
+    ``jobs`` > 1: that many tasks at once, each in its own process on one thread. Each task draws from
+    its own seeds alone, so the rows are those of one task after the other, except that another
+    thread count sums in another order: the losses differ in their last bits, and a near-tied test
+    clip can turn.
     """
-    recipe = recipe_named(finetune_recipe, finetune_steps)
+    names = recipes_by_task(finetune_recipe, tasks)
+    recipes = {task: FinetuneRecipe(**fields) for task, fields in recipe_fields(finetune_recipe, tasks, finetune_steps).items()}
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     started = time.perf_counter()
-    rows = []
-    for task in tasks:
-        rows += sweep_task(task, encoder, shots, seeds, protocols, recipe, progress=progress,
-                           pools=probe.POOLS, folds=folds)  # every read-out: section 4 of notebook 06 compares them
+    arguments = [dict(encoder_path=encoder, shots=shots, seeds=seeds, protocols=protocols, finetune=recipes[task],
+                      progress=progress, pools=probe.POOLS, folds=folds)  # every read-out: notebook 06, section 4
+                 for task in tasks]  # fmt: skip
+    if jobs > 1 and len(tasks) > 1:
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=spawn) as pool:
+            per_task = list(pool.map(_sweep_one_thread, tasks, arguments))
+    else:
+        per_task = [sweep_task(task, **kwargs) for task, kwargs in zip(tasks, arguments)]
+    rows = [row for task_rows in per_task for row in task_rows]
     summary = summarise(rows)
     result = {
         "encoder": str(encoder), "tasks": list(tasks), "shots": list(shots), "seeds": list(seeds),
-        "protocols": list(protocols), "finetune_steps": recipe.steps, "finetune_recipe": finetune_recipe,
-        "finetune": asdict(recipe), "pool_shown": POOL,
-        "esc50_test_folds": [f for f in scored_folds("esc50", folds) if f is not None] or [1],
-        "seconds": round(time.perf_counter() - started, 1), "summary": summary, "rows": rows,
+        "protocols": list(protocols), "finetune_recipe": finetune_recipe, "finetune_steps": finetune_steps,
+        "finetune_recipes": names, "recipes": {task: asdict(recipe) for task, recipe in recipes.items()},
+        "pool_shown": POOL, "esc50_test_folds": [f for f in scored_folds("esc50", folds) if f is not None] or [1],
+        "jobs": jobs, "seconds": round(time.perf_counter() - started, 1), "summary": summary, "rows": rows,
     }  # fmt: skip
     out = Path(output_dir) / "label_efficiency" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(f"# Label efficiency: {name}\n\nWritten by `asit.label_efficiency.run`.\n\n" + markdown(result))
-    plt.close(plot(summary, out.with_suffix(".png"), esc50_folds=result["esc50_test_folds"]))
+    plt.close(plot(summary, out.with_suffix(".png"), esc50_folds=result["esc50_test_folds"], recipes=names))
     if progress:
         print(f"wrote {out} and {out.with_suffix('.png')} ({result['seconds']:.0f} s)")
     return result
@@ -592,8 +690,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shots", default="1,2,4,8,all", help="labelled clips per class; 'all' = the whole training split")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: label draws and random inits")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune or both")
-    parser.add_argument("--finetune-recipe", default="short", choices=list(FINETUNE_RECIPES),
-                        help="short: 60 steps from a random head; lpft: the head fitted first, then 300 gentler steps")
+    parser.add_argument("--finetune-recipe", default="short",
+                        help="short: 60 steps from a random head; lpft: the head fitted first, then 300 gentler steps; "
+                             "one per task as e.g. short,ks2_cmn:lpft (the first for every task not named)")
+    parser.add_argument("--jobs", type=int, default=1, help="tasks swept at once, one process and one thread each")
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="optimizer steps per fine-tuning run (batch 16); default: the recipe's")
     parser.add_argument("--folds", default="1", help="ESC-50's test folds, e.g. 1-5 (the paper's 5-fold "
@@ -610,7 +710,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.diagnose:
         return diagnose(args.encoder, name, tasks, shots[0], list(range(args.seeds)), args.output_dir)
     return run(args.encoder, name, tasks, shots, list(range(args.seeds)), [p for p in args.protocols.split(",") if p],
-               args.finetune_steps, args.output_dir, folds=parse_folds(args.folds), finetune_recipe=args.finetune_recipe)
+               args.finetune_steps, args.output_dir, folds=parse_folds(args.folds), finetune_recipe=args.finetune_recipe,
+               jobs=args.jobs)
 
 
 def parse_folds(text: str) -> list[int] | None:
@@ -622,7 +723,7 @@ def parse_folds(text: str) -> list[int] | None:
     return None if folds == [1] else folds
 
 
-__all__ = ["FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_words", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_of", "recipe_words", "recipe_fields", "recipe_names", "recipes_by_task", "recipes_run", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

@@ -83,9 +83,9 @@ def label_efficiency_rows(result: dict[str, Any], scored: bool = False) -> list[
     ``scored``: after the task, the clips it is scored on (:func:`scored_on`) and the seed count.
     """
     summary, pool = result["summary"], result["pool_shown"]
-    recipe = result.get("finetune_recipe", "short")
     lines = []
     for task in result["tasks"]:
+        recipe = label_efficiency.recipe_of(result, task)
         fbank = _summary_row(summary, task, "probe", FBANK, None)
         for protocol in result["protocols"]:
             ours = _summary_row(summary, task, protocol, label_efficiency.PRETRAINED, pool)
@@ -110,7 +110,8 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
         paragraph(f"At {LABEL_SHOTS} labelled clips per class, test accuracy (%) over {seeds} seeds, mean [min, max], "
         f"from [`{path.relative_to(results_dir.parent)}`]({path.relative_to(results_dir.parent)}). The encoders are read "
         f"out by `{pool}` ({POOL_WORDS.get(pool, pool)}); the pooled fbank is a linear probe of the mel bands' mean "
-        "and standard deviation. *Lead*: pretrained mean minus random-init mean; *margin*: the worst pretrained "
+        f"and standard deviation. Fine-tuning: {label_efficiency.recipe_words(result)}. "
+        "*Lead*: pretrained mean minus random-init mean; *margin*: the worst pretrained "
         "seed minus the best random init (positive: the seed ranges are apart, pretraining ahead)."
         + (f" ESC-50 is scored on its {scored_on(result, 'esc50')} (each fold's labels drawn from the other folds, "
            "the mean over the folds)." if "esc50" in result["tasks"] and len(result.get("esc50_test_folds", [1])) > 1 else "")),

@@ -172,6 +172,22 @@ def test_plot_titles_name_the_esc50_folds_scored():
     le.plt.close(unnamed)
 
 
+def test_plot_puts_a_protocol_a_row_and_names_a_task_s_own_recipe():
+    def point(task, protocol):
+        return {"task": task, "protocol": protocol, "features": le.PRETRAINED, "pool": "mean", "shots": 4,
+                "mean": 50.0, "min": 45.0, "max": 55.0, "seeds": 3}
+
+    summary = [point("esc50", "probe"), point("ks2_cmn", "probe"), point("esc50", "finetune"),
+               point("ks2_cmn", "finetune"), point("voxceleb1", "finetune")]
+    figure = le.plot(summary, recipes={"esc50": "short", "ks2_cmn": "lpft", "voxceleb1": "short"})
+    titles = [ax.get_title() for ax in figure.axes]  # voxceleb1 has no probe: its probe panel is gone
+    assert titles == ["esc50: probe", "ks2_cmn: probe", "esc50: finetune", "ks2_cmn: finetune (lpft)",
+                      "voxceleb1: finetune"]
+    rows = sorted({round(ax.get_position().y0, 2) for ax in figure.axes}, reverse=True)
+    assert len(rows) == 2  # probe above, fine-tuning below
+    le.plt.close(figure)
+
+
 def test_lpft_recipe_fits_the_head_first_and_is_named_in_the_table():
     torch.set_num_threads(1)
     encoder = _tiny_encoder()
@@ -186,9 +202,9 @@ def test_lpft_recipe_fits_the_head_first_and_is_named_in_the_table():
     assert fitted["score"] >= 90.0
     with pytest.raises(ValueError, match="unknown fine-tuning recipe"):
         le.recipe_named("longer")
-    assert le.recipe_words({"finetune_steps": 60}) == "`short`, 60 steps at lr 3e-04"
+    assert le.recipe_words({"tasks": ["esc50"], "finetune_steps": 60}) == "`short`, 60 steps at lr 3e-04"
     assert "300 head-only steps, then 300 steps at lr 1e-04" in le.recipe_words(
-        {"finetune_steps": 300, "finetune_recipe": "lpft", "finetune": vars(le.FINETUNE_RECIPES["lpft"])})
+        {"tasks": ["ks2_cmn"], "finetune_steps": 300, "finetune_recipe": "lpft", "finetune": vars(le.FINETUNE_RECIPES["lpft"])})
 
 
 def test_rerun_words_say_identical_or_whether_each_score_lands_inside_its_features_stored_range():
@@ -222,3 +238,69 @@ def test_a_fine_tuning_only_sweep_keeps_the_pooled_fbank_reference_and_draws_it_
     lines = {line.get_label(): line.get_linestyle() for line in panel.get_lines()}
     assert lines == {le.PRETRAINED: "-", le.RANDOM: "-", f"{probe.FBANK} (probe)": "--"}
     le.plt.close(figure)
+
+
+def test_recipes_by_task_reads_one_recipe_for_all_then_exceptions_per_task():
+    tasks = ["esc50", "ks2_cmn", "voxceleb1"]
+    assert le.recipes_by_task("short", tasks) == {"esc50": "short", "ks2_cmn": "short", "voxceleb1": "short"}
+    assert le.recipes_by_task("lpft", tasks[:1]) == {"esc50": "lpft"}
+    assert le.recipes_by_task("short,ks2_cmn:lpft", tasks) == {"esc50": "short", "ks2_cmn": "lpft", "voxceleb1": "short"}
+    assert le.recipes_by_task("ks2_cmn:lpft", tasks)["esc50"] == "short"  # no name for all: short
+    assert le.recipes_by_task("short,ks2_cmn:lpft", ["esc50"]) == {"esc50": "short"}  # a smaller preset's tasks
+    with pytest.raises(ValueError, match="unknown task.*ks2cmn"):
+        le.recipes_by_task("short,ks2cmn:lpft", tasks)
+    with pytest.raises(ValueError, match="unknown fine-tuning recipe 'longer'"):
+        le.recipes_by_task("short,ks2_cmn:longer", ["esc50"])  # even when that task is not swept
+    fields = le.recipe_fields("short,ks2_cmn:lpft", tasks, steps=7)
+    assert fields["ks2_cmn"] == {**vars(le.FINETUNE_RECIPES["lpft"]), "steps": 7}
+    assert fields["esc50"] == fields["voxceleb1"] == {**vars(le.FINETUNE_RECIPES["short"]), "steps": 7}
+
+
+def test_recipes_run_and_recipe_words_read_per_task_and_older_single_recipe_files():
+    short, lpft = vars(le.FINETUNE_RECIPES["short"]), vars(le.FINETUNE_RECIPES["lpft"])
+    per_task = {"tasks": ["esc50", "ks2_cmn", "voxceleb1"], "finetune_recipes": {"esc50": "short", "ks2_cmn": "lpft",
+                "voxceleb1": "short"}, "recipes": {"esc50": short, "ks2_cmn": lpft, "voxceleb1": short}}
+    assert le.recipes_run(per_task)["ks2_cmn"] == lpft
+    assert le.recipe_of(per_task, "ks2_cmn") == "lpft" and le.recipe_of(per_task, "esc50") == "short"
+    assert le.recipe_words(per_task) == ("`short` (esc50, voxceleb1), 60 steps at lr 3e-04; "
+                                         "`lpft` (ks2_cmn), 300 head-only steps, then 300 steps at lr 1e-04")
+    one_for_all = {"tasks": ["ks2_cmn"], "finetune_recipe": "lpft", "finetune_steps": 300, "finetune": lpft}
+    assert le.recipes_run(one_for_all) == {"ks2_cmn": lpft} and le.recipe_of(one_for_all, "ks2_cmn") == "lpft"
+    steps_only = {"tasks": ["esc50"], "finetune_steps": 40}  # before the recipes were named: short
+    assert le.recipes_run(steps_only) == {"esc50": {**short, "steps": 40}}
+    assert le.recipe_of(steps_only, "esc50") == "short"
+
+
+def test_a_sweep_in_two_processes_scores_as_one_after_the_other(tmp_path):
+    """``jobs=2``: each task in its own process; the built-in data, a tiny encoder, the probe only."""
+    torch.set_num_threads(1)  # the workers' thread count: the same sums, so the same bits
+    kwargs = dict(tasks=["esc50", "voxceleb1"], shots=[1], seeds=[0], protocols=["probe"], output_dir=tmp_path,
+                  progress=False)
+    encoder = _tiny_encoder()
+    together = le.run(encoder, "one_process", jobs=1, **kwargs)
+    apart = le.run(encoder, "two_processes", jobs=2, **kwargs)
+    assert [r["task"] for r in apart["rows"]] == [r["task"] for r in together["rows"]]
+    assert {r["task"] for r in apart["rows"]} == {"esc50", "voxceleb1"}
+    assert apart["rows"] == together["rows"] and apart["jobs"] == 2
+    assert (tmp_path / "label_efficiency" / "two_processes.png").is_file()
+
+
+def test_notebook_06_defaults_describe_the_committed_headline_sweep():
+    """Otherwise `make reproduce` reruns the whole sweep (about 25 min) instead of reading cpu.json."""
+    import ast
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cells = json.loads((root / "notebooks" / "06_label_efficiency.ipynb").read_text())["cells"]
+    (parameters,) = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    tree = ast.parse("".join(parameters["source"]))
+    p = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
+    stored = json.loads((root / "results" / "label_efficiency" / f"{p['preset']}.json").read_text())
+    tasks = p["tasks"].split(",")
+    assert stored["tasks"] == tasks
+    assert stored["shots"] == [0 if s == "all" else int(s) for s in p["shots"].split(",")]
+    assert stored["seeds"] == list(range(p["seed"], p["seed"] + p["seeds"]))
+    assert stored["protocols"] == p["protocols"].split(",")
+    assert stored["esc50_test_folds"] == (le.parse_folds(p["esc50_folds"]) or [1])
+    assert le.recipes_run(stored) == le.recipe_fields(p["finetune_recipe"], tasks, p["finetune_steps"])

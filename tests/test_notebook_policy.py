@@ -135,3 +135,15 @@ def test_cited_paper_numbers_are_the_results_table(stem):
     assert sentence, f"{stem}: no 'The paper reports ... (cited' sentence"
     quoted = [float(x) for x in re.findall(r"\d+\.\d+", sentence.group(1))]
     assert quoted == [PAPER_RESULTS["ASiT"][task] for task in CITED[stem]]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_assignment_of_the_parameters_cell(path):
+    """A value papermill cannot parse (e.g. ``"a=b"`` in a string) is silently no parameter: `-p` skips it."""
+    import ast
+
+    import papermill
+
+    (cell,) = [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assigned = [n.targets[0].id for n in ast.parse(_source(cell)).body if isinstance(n, ast.Assign)]
+    assert sorted(papermill.inspect_notebook(str(path))) == sorted(assigned)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from asit import label_efficiency as le
 from asit.readme import BLOCKS, MARKER, label_efficiency_block, render_readme, significant
 from asit.session import repo_root
 
@@ -109,3 +110,8 @@ def test_a_sweep_fine_tuned_with_another_recipe_names_it_in_the_protocol(tmp_pat
     sweep["finetune_recipe"] = "lpft"
     sweep_file.write_text(json.dumps(sweep))
     assert protocols() == ["probe", "finetune (lpft)"]
+    sweep["finetune_recipe"], sweep["finetune_recipes"] = "lpft,esc50:short", {"esc50": "short"}
+    sweep["recipes"] = {"esc50": dict(vars(le.FINETUNE_RECIPES["short"]))}
+    sweep_file.write_text(json.dumps(sweep))
+    assert protocols() == ["probe", "finetune"]  # the task's own recipe, not the spec's first name
+    assert "Fine-tuning: `short`, 60 steps at lr 3e-04." in label_efficiency_block(tmp_path / "results")
