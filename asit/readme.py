@@ -77,13 +77,16 @@ def seed_ranges_in_words(pretrained: dict, random_init: dict) -> str:
     return "overlap"
 
 
-def label_efficiency_rows(result: dict[str, Any], scored: bool = False) -> list[str]:
-    """One table row per task and protocol at ``LABEL_SHOTS`` labels per class.
+LABEL_EFFICIENCY_COLUMNS = ("task", "protocol", "pretrained", "random init", "pooled fbank", "lead", "margin", "seed ranges")
+
+
+def label_efficiency_cells(result: dict[str, Any], scored: bool = False) -> list[list[str]]:
+    """One row of cells per task and protocol at ``LABEL_SHOTS`` labels per class (:data:`LABEL_EFFICIENCY_COLUMNS`).
 
     ``scored``: after the task, the clips it is scored on (:func:`scored_on`) and the seed count.
     """
     summary, pool = result["summary"], result["pool_shown"]
-    lines = []
+    rows = []
     for task in result["tasks"]:
         recipe = label_efficiency.recipe_of(result, task)
         fbank = _summary_row(summary, task, "probe", FBANK, None)
@@ -93,11 +96,16 @@ def label_efficiency_rows(result: dict[str, Any], scored: bool = False) -> list[
             if ours is None or theirs is None:
                 continue
             gap = label_efficiency.gap(summary, task, protocol, LABEL_SHOTS, pool=pool)
-            where = f"{scored_on(result, task)} | {len(result['seeds'])} | " if scored else ""
+            where = [scored_on(result, task), str(len(result["seeds"]))] if scored else []
             named = f"{protocol} ({recipe})" if protocol == "finetune" and recipe != "short" else protocol
-            lines.append(f"| {task} | {where}{named} | {_spread(ours)} | {_spread(theirs)} | {_spread(fbank) if fbank else '-'} | "
-                         f"{gap['lead']:+.1f} | {gap['margin']:+.1f} | {seed_ranges_in_words(ours, theirs)} |")
-    return lines
+            rows.append([task, *where, named, _spread(ours), _spread(theirs), _spread(fbank) if fbank else "-",
+                         f"{gap['lead']:+.1f}", f"{gap['margin']:+.1f}", seed_ranges_in_words(ours, theirs)])
+    return rows
+
+
+def label_efficiency_rows(result: dict[str, Any], scored: bool = False) -> list[str]:
+    """:func:`label_efficiency_cells` as Markdown table rows."""
+    return ["| " + " | ".join(cells) + " |" for cells in label_efficiency_cells(result, scored)]
 
 
 def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
@@ -116,8 +124,8 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
         + (f" ESC-50 is scored on its {scored_on(result, 'esc50')} (each fold's labels drawn from the other folds, "
            "the mean over the folds)." if "esc50" in result["tasks"] and len(result.get("esc50_test_folds", [1])) > 1 else "")),
         "",
-        "| task | protocol | pretrained | random init | pooled fbank | lead | margin | seed ranges |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(LABEL_EFFICIENCY_COLUMNS) + " |",
+        "|" + "---|" * len(LABEL_EFFICIENCY_COLUMNS),
         *label_efficiency_rows(result),
         "",
         f"![accuracy against labels per class]({path.with_suffix('.png').relative_to(results_dir.parent)})",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asit.course import preset_encoder
-from asit.readme import update_readme
+from asit.readme import LABEL_EFFICIENCY_COLUMNS, LABEL_SHOTS, label_efficiency_cells, update_readme
 from asit.results import TASK_METRICS, write_results_readme
 from asit.session import FORCE_PRESET_ENV, PRESETS, repo_root
 
@@ -192,6 +192,26 @@ def summary_table(runs: list[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
+def label_efficiency_headline(output_dir: Path, preset: str) -> str:
+    """The label sweep's verdicts at ``LABEL_SHOTS`` labels per class and its figure, or "" without one.
+
+    What the course is about, printed under the closing table so that a batch run shows it too.
+    """
+    path = output_dir / "label_efficiency" / f"{preset}.json"
+    if not path.is_file():
+        return ""
+    result = json.loads(path.read_text())
+    rows = label_efficiency_cells(result)
+    if not rows:
+        return ""
+    table = [list(LABEL_EFFICIENCY_COLUMNS), *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(LABEL_EFFICIENCY_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([f"Label efficiency at {LABEL_SHOTS} labelled clips per class, {len(result['seeds'])} seeds, "
+                      f"test accuracy mean [min, max] (from {path}):", *lines, f"figure: {path.with_suffix('.png')}"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asit.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=PRESETS, help="smoke: seconds (tests); cpu: a laptop, minutes; gpu: a Colab GPU; paper: the paper's settings")
@@ -206,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = reproduce(args.preset, args.only, extra, args.notebook_dir, args.output_dir, args.log_output)
     print()
     print(summary_table(runs))
+    headline = label_efficiency_headline(Path(args.output_dir or repo_root() / "results").resolve(), args.preset)
+    if headline:
+        print("\n" + headline)
     failed = [r for r in runs if r.status != "ok"]
     print(f"\n{len(runs) - len(failed)} of {len(runs)} notebooks ran in {(time.time() - started) / 60:.1f} min")
     for run in failed:

@@ -86,3 +86,19 @@ def test_parameter_values_are_parsed_as_literals():
     assert reproduce.parse_value("0.5") == 0.5
     assert reproduce.parse_value("True") is True
     assert reproduce.parse_value("speech_commands_v1") == "speech_commands_v1"
+
+
+def test_the_closing_output_gives_the_label_sweep_s_verdicts_and_figure(course, capsys):
+    from test_readme import _write_sweep
+
+    notebooks, results = course
+    assert reproduce.label_efficiency_headline(results, "smoke") == ""  # no sweep yet: nothing printed
+    _write_sweep(results, pool="mean")
+    (results / "label_efficiency" / "cpu.json").rename(results / "label_efficiency" / "smoke.json")
+    reproduce.main(["--preset", "smoke", "--only", "01", "--notebook-dir", str(notebooks), "--output-dir", str(results)])
+    out = capsys.readouterr().out.split("notebooks ran in", 1)[0]
+    assert "Label efficiency at 4 labelled clips per class, 2 seeds" in out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("esc50 ")}
+    assert rows["probe"].endswith("apart: every pretrained seed above every random init")
+    assert rows["finetune"].endswith("overlap")
+    assert f"figure: {results / 'label_efficiency' / 'smoke.png'}" in out
