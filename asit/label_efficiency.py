@@ -180,7 +180,9 @@ def _tasks_of(result: dict[str, Any]) -> list[str]:
 
 def recipe_of(result: dict[str, Any], task: str) -> str:
     """The name of the recipe ``task`` was fine-tuned by in a sweep's json (older files: one for all)."""
-    return result.get("finetune_recipes", {}).get(task) or result.get("finetune_recipe", "short")
+    if "finetune_recipes" in result:
+        return result["finetune_recipes"][task]
+    return result.get("finetune_recipe", "short")
 
 
 class MeanTokenClassifier(nn.Module):
@@ -635,7 +637,7 @@ def run(
     clip can turn.
     """
     names = recipes_by_task(finetune_recipe, tasks)
-    recipes = {task: FinetuneRecipe(**fields) for task, fields in recipe_fields(finetune_recipe, tasks, finetune_steps).items()}
+    recipes = {task: recipe_named(name, finetune_steps) for task, name in names.items()}
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     started = time.perf_counter()
     arguments = [dict(encoder_path=encoder, shots=shots, seeds=seeds, protocols=protocols, finetune=recipes[task],

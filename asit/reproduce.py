@@ -183,13 +183,18 @@ def reproduce(
     return runs
 
 
-def summary_table(runs: list[NotebookRun]) -> str:
-    rows = [("notebook", "status", "minutes", "key metric")]
-    rows += [(r.name, r.status, f"{r.minutes:.1f}", r.key_metric or (r.error[:70] if r.error else "")) for r in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+def aligned(rows: list[list[str]]) -> str:
+    """A plain-text table: the first row the header, underlined, every column padded to its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def summary_table(runs: list[NotebookRun]) -> str:
+    rows = [["notebook", "status", "minutes", "key metric"]]
+    rows += [[r.name, r.status, f"{r.minutes:.1f}", r.key_metric or (r.error[:70] if r.error else "")] for r in runs]
+    return aligned(rows)
 
 
 def label_efficiency_headline(output_dir: Path, preset: str) -> str:
@@ -204,12 +209,9 @@ def label_efficiency_headline(output_dir: Path, preset: str) -> str:
     rows = label_efficiency_cells(result)
     if not rows:
         return ""
-    table = [list(LABEL_EFFICIENCY_COLUMNS), *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(LABEL_EFFICIENCY_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([f"Label efficiency at {LABEL_SHOTS} labelled clips per class, {len(result['seeds'])} seeds, "
-                      f"test accuracy mean [min, max] (from {path}):", *lines, f"figure: {path.with_suffix('.png')}"])
+                      f"test accuracy mean [min, max] (from {path}):", aligned([list(LABEL_EFFICIENCY_COLUMNS), *rows]),
+                      f"figure: {path.with_suffix('.png')}"])
 
 
 def main(argv: list[str] | None = None) -> int:
