@@ -49,8 +49,10 @@ class ArchiveHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        self.wfile.write(body[start:])
+        # Count before writing: the client may finish reading, and the test assert, before
+        # this thread runs another line after the write.
         self.server.bytes_sent += len(body) - start
+        self.wfile.write(body[start:])
 
     def log_message(self, *args):  # keep the test output quiet
         pass
