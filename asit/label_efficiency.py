@@ -13,7 +13,9 @@ or all of them) over several seeds, and scores three kinds of features on the ta
 Two protocols:
 
 - ``probe``: frozen features, logistic regression (:func:`asit.probe.probe_score`; ``C`` by
-  cross-validation on the drawn clips only when each class has at least two);
+  cross-validation on the drawn clips only when each class has at least two). Every read-out of
+  :data:`asit.probe.POOLS` is scored; the figure and the verdicts show :data:`PROBE_POOL`, DINO's
+  linear-evaluation read-out (files written before it existed show ``mean``: :func:`pool_shown`);
 - ``finetune``: the whole encoder plus a linear head on its mean patch token, trained for a fixed
   number of steps on random windows of the drawn clips, scored by averaging logits over a test
   clip's windows (:func:`finetune_few`; both the windows of :mod:`asit.windows`). The fbank
@@ -64,7 +66,22 @@ TASKS = ("esc50", "ks2", "voxceleb1")  # the single-label tasks with several cli
 SHOTS = (1, 2, 4, 8, 0)  # labelled clips per class; 0 = every training clip
 PROTOCOLS = ("probe", "finetune")
 PRETRAINED, RANDOM = "pretrained", "random init"
-POOL = "mean"  # the read-out the figure shows: the fine-tuning head's (mean patch token)
+POOL = "mean"  # what the fine-tuning head reads (the mean patch token): every fine-tuning row's pool
+PROBE_POOL = "dino"  # the probe read-out the figure and the verdicts show: DINO's linear evaluation
+
+
+def pool_shown(result: dict[str, Any]) -> str:
+    """The probe read-out a sweep's figure and verdicts show: its ``pool_shown`` (``mean`` in files
+    written before the ``dino`` read-out existed)."""
+    return result.get("pool_shown", POOL)
+
+
+def shown(row: dict[str, Any], pool: str = PROBE_POOL) -> bool:
+    """Whether a row belongs to the curves of probe read-out ``pool``: that read-out's probe rows,
+    every fine-tuning row (whatever ``pool``, the head reads its own) and the pooled fbank's."""
+    if row["features"] == probe.FBANK or row["protocol"] == "finetune":
+        return True
+    return row["pool"] == pool
 
 
 def draw_shots(targets: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -326,7 +343,7 @@ def sweep_task(
     finetune: FinetuneRecipe | None = None,
     data_root: str | Path | None = None,
     progress: bool = True,
-    pools: Sequence[str] = (POOL,),
+    pools: Sequence[str] = (PROBE_POOL,),
     folds: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Every (features, protocol, shots, seed) score of one task: one row each.
@@ -389,9 +406,9 @@ def _sweep_split(task_name, label, train, test, pretrained, randoms, shots, seed
                     rows.append({**common, "protocol": "finetune", "features": name, "pool": POOL, "score": result["score"],
                                  "final_loss": float(np.mean(result["losses"][-10:]))})
             if progress:
-                shown = [f"{r['protocol']} {r['features']} {r['score']:.1f}" for r in rows[-8:]
-                         if r["shots"] == k and r["seed"] == seed and r["pool"] in (POOL, "mel mean+std")]
-                print(f"{label} k={shot_label(k)} seed {seed}: " + " | ".join(shown), flush=True)
+                scores = [f"{r['protocol']} {r['features']} {r['score']:.1f}" for r in rows[-8:]
+                          if r["shots"] == k and r["seed"] == seed and shown(r)]
+                print(f"{label} k={shot_label(k)} seed {seed}: " + " | ".join(scores), flush=True)
     return rows
 
 
@@ -477,15 +494,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def gap(summary: list[dict[str, Any]], task: str, protocol: str, shots: int = 4, pool: str = POOL) -> dict[str, float]:
+def gap(summary: list[dict[str, Any]], task: str, protocol: str, shots: int = 4,
+        pool: str = PROBE_POOL) -> dict[str, float]:
     """Pretrained against random init at ``shots``: mean lead and the margin between the seed ranges.
+
+    ``pool``: the probe read-out (a sweep's :func:`pool_shown`); fine-tuning rows match any.
 
     ``margin`` = worst pretrained seed minus best random-init seed: positive means the two
     ranges do not overlap, every seed of the pretrained encoder above every random init.
     """
     def row(features):
         for r in summary:
-            if (r["task"], r["protocol"], r["features"], r["shots"]) == (task, protocol, features, shots) and r["pool"] == pool:
+            if (r["task"], r["protocol"], r["features"], r["shots"]) == (task, protocol, features, shots) and shown(r, pool):
                 return r
         raise KeyError(f"no {features} row for {task} {protocol} k={shots} pool {pool}")
 
@@ -521,7 +541,7 @@ def chance_level(rows: list[dict[str, Any]], task: str) -> float | None:
     return 100.0 / one_shot[0] if one_shot else None
 
 
-def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = POOL,
+def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: str = PROBE_POOL,
          esc50_folds: Sequence[int] | None = None, recipes: dict[str, str] | None = None):
     """A row of panels per protocol, a column per task: accuracy against labels per class, seed range shaded.
 
@@ -529,6 +549,7 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
     named in that task's panel titles; None names none (the summary alone does not say).
     ``recipes``: each task's fine-tuning recipe (a result's ``finetune_recipes``); a recipe other
     than ``short`` is named in its fine-tuning panel's title.
+    ``pool``: the probe read-out drawn (a result's :func:`pool_shown`), named in the probe panels' titles.
     """
     encoders = [r for r in summary if r["features"] != probe.FBANK]
     protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in encoders)]
@@ -544,6 +565,7 @@ def plot(summary: list[dict[str, Any]], path: str | Path | None = None, pool: st
             scored = f" ({folds_words(esc50_folds)})" if task == "esc50" and esc50_folds else ""
             recipe = (recipes or {}).get(task, "short")
             named = f"{protocol} ({recipe})" if protocol == "finetune" and recipe != "short" else protocol
+            named = f"probe ({pool})" if protocol == "probe" else named
             ax.set(title=f"{task}{scored}: {named}", xlabel="labelled clips per class", ylabel="test accuracy (%)")
     fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -560,7 +582,7 @@ def _draw_panel(ax, summary: list[dict[str, Any]], protocol: str, task: str, poo
         # the pooled fbank has only a probe: its line is the reference in every panel of the task
         drawn = "probe" if features == probe.FBANK else protocol
         line = sorted((r for r in summary if (r["protocol"], r["task"], r["features"]) == (drawn, task, features)
-                       and r["pool"] in (pool, "mel mean+std")), key=lambda r: r["shots"] or 10**6)
+                       and shown(r, pool)), key=lambda r: r["shots"] or 10**6)
         if not line:
             continue
         x = np.arange(len(line))
@@ -568,6 +590,8 @@ def _draw_panel(ax, summary: list[dict[str, Any]], protocol: str, task: str, poo
         ax.plot(x, [r["mean"] for r in line], marker=marker, color=colour, label=label,
                 linestyle="-" if drawn == protocol else "--")
         ax.fill_between(x, [r["min"] for r in line], [r["max"] for r in line], color=colour, alpha=0.2)
+        if len(line) == 1:  # one label count: a shaded band has no width, so the range is a bar
+            ax.vlines(x, line[0]["min"], line[0]["max"], color=colour, alpha=0.6, linewidth=3)
         ax.set_xticks(x, [shot_label(r["shots"]) for r in line])
     ax.grid(alpha=0.3)
 
@@ -584,9 +608,12 @@ def recipe_words(result: dict[str, Any]) -> str:
     return "; ".join(f"`{name}` ({', '.join(tasks)}), {words}" for (name, words), tasks in used.items())
 
 
-def markdown(result: dict[str, Any], pool: str = POOL) -> str:
-    """The sweep as Markdown: one row per (task, protocol, features), mean [min, max] per label count."""
-    summary = [r for r in result["summary"] if r["pool"] in (pool, "mel mean+std")]
+def markdown(result: dict[str, Any], pool: str | None = None) -> str:
+    """The sweep as Markdown: one row per (task, protocol, features), mean [min, max] per label count.
+
+    ``pool``: the probe read-out shown; None: the sweep's own (:func:`pool_shown`)."""
+    pool = pool or pool_shown(result)
+    summary = [r for r in result["summary"] if shown(r, pool)]
     shots = sorted({r["shots"] for r in summary}, key=lambda k: k or 10**6)
     folds = result.get("esc50_test_folds", [1])
     scored = ""
@@ -655,14 +682,14 @@ def run(
         "encoder": str(encoder), "tasks": list(tasks), "shots": list(shots), "seeds": list(seeds),
         "protocols": list(protocols), "finetune_recipe": finetune_recipe, "finetune_steps": finetune_steps,
         "finetune_recipes": names, "recipes": {task: asdict(recipe) for task, recipe in recipes.items()},
-        "pool_shown": POOL, "esc50_test_folds": [f for f in scored_folds("esc50", folds) if f is not None] or [1],
+        "pool_shown": PROBE_POOL, "esc50_test_folds": [f for f in scored_folds("esc50", folds) if f is not None] or [1],
         "jobs": jobs, "seconds": round(time.perf_counter() - started, 1), "summary": summary, "rows": rows,
     }  # fmt: skip
     out = Path(output_dir) / "label_efficiency" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(f"# Label efficiency: {name}\n\nWritten by `asit.label_efficiency.run`.\n\n" + markdown(result))
-    plt.close(plot(summary, out.with_suffix(".png"), esc50_folds=result["esc50_test_folds"], recipes=names))
+    plt.close(plot(summary, out.with_suffix(".png"), PROBE_POOL, result["esc50_test_folds"], names))
     if progress:
         print(f"wrote {out} and {out.with_suffix('.png')} ({result['seconds']:.0f} s)")
     return result
@@ -690,7 +717,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tasks", default=",".join(TASKS),
                         help=f"comma-separated, from {', '.join(TASKS)} or ks2_cmn (KS2, each clip's mean spectrum removed)")
     parser.add_argument("--shots", default="1,2,4,8,all", help="labelled clips per class; 'all' = the whole training split")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: label draws and random inits")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (label draws and random inits)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the seeds are FIRST..FIRST+N-1: e.g. 5 for seeds that played no part in an earlier choice")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune or both")
     parser.add_argument("--finetune-recipe", default="short",
                         help="short: 60 steps from a random head; lpft: the head fitted first, then 300 gentler steps; "
@@ -709,9 +738,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = args.name or (path.parent.name if path.name == "encoder" else path.stem)
     shots = [0 if s.strip() == "all" else int(s) for s in args.shots.split(",") if s.strip()]
     tasks = [t for t in args.tasks.split(",") if t]
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if args.diagnose:
-        return diagnose(args.encoder, name, tasks, shots[0], list(range(args.seeds)), args.output_dir)
-    return run(args.encoder, name, tasks, shots, list(range(args.seeds)), [p for p in args.protocols.split(",") if p],
+        return diagnose(args.encoder, name, tasks, shots[0], seeds, args.output_dir)
+    return run(args.encoder, name, tasks, shots, seeds, [p for p in args.protocols.split(",") if p],
                args.finetune_steps, args.output_dir, folds=parse_folds(args.folds), finetune_recipe=args.finetune_recipe,
                jobs=args.jobs)
 
@@ -725,7 +755,7 @@ def parse_folds(text: str) -> list[int] | None:
     return None if folds == [1] else folds
 
 
-__all__ = ["FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_of", "recipe_words", "recipe_fields", "recipe_names", "recipes_by_task", "recipes_run", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["POOL", "PROBE_POOL", "pool_shown", "shown", "FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_of", "recipe_words", "recipe_fields", "recipe_names", "recipes_by_task", "recipes_run", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ and a trained linear read-out, in one to two minutes per encoder on two CPU core
 
 1. each clip's spectrogram (the first ``clip_frames`` frames) is cut into windows of the encoder's
    input length (50 % overlap, the last ending at the clip's end: :mod:`asit.windows`); a window's
-   features are its class token (``token``), the mean of its patch tokens (``mean``) and its patch
-   tokens averaged over time per mel band (``bands``), each averaged over the clip's windows;
+   features are its class token (``token``), the mean of its patch tokens (``mean``), its patch
+   tokens averaged over time per mel band (``bands``) and DINO's linear-evaluation read-out
+   (``dino``: the class tokens of the last four blocks and the mean patch token), each averaged
+   over the clip's windows;
 2. a logistic regression (standardised features, ``C`` chosen by 3-fold cross-validation on the
    training split, never on the test split) is fitted on the training split and scored on the test
    split: accuracy, or mAP for AudioSet's multi-label classes (one regression per class);
@@ -60,7 +62,8 @@ from asit.windows import windowed_mean
 
 # Regularisation strengths the cross-validation chooses from (inverse of the L2 penalty).
 PROBE_CS = (0.01, 0.1, 1.0)
-POOLS = ("token", "mean", "bands")  # encoder_features' poolings, in the order the rows list them
+POOLS = ("token", "mean", "bands", "dino")  # encoder_features' read-outs, in the order the rows list them
+DINO_BLOCKS = 4  # DINO's linear evaluation of a ViT-S/16 reads the class tokens of its last 4 blocks
 RANDOM_INIT = "none"
 FBANK = "fbank"
 
@@ -148,36 +151,43 @@ def load_split(task: ProbeTask, split: str, data_root: str | Path | None = None,
 
 @torch.no_grad()
 def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Three poolings of each clip's tokens, each averaged over the clip's windows:
+    """Four read-outs of each clip's tokens, each averaged over the clip's windows:
 
-    - ``"token"`` ``(M, D)``: the class token, what the fine-tuning head reads by default;
-    - ``"mean"`` ``(M, D)``: the mean of the patch tokens over time *and* frequency;
+    - ``"token"`` ``(M, D)``: the class token, what ASiT's global distillation trains;
+    - ``"mean"`` ``(M, D)``: the mean of the patch tokens over time *and* frequency, what the
+      fine-tuning head reads;
     - ``"bands"`` ``(M, F/p * D)``: the patch tokens averaged over time only, one ``D``-vector per
       mel band of patches, concatenated. ``mean`` adds the bands together, so a frequency-specific
       cue (a voice's pitch or formants) that the encoder codes by position is lost there and kept
-      here; a score far above ``mean``'s says the encoder holds that cue but pooling removes it.
+      here; a score far above ``mean``'s says the encoder holds that cue but pooling removes it;
+    - ``"dino"`` ``(M, (n + 1) * D)``: DINO's linear-evaluation read-out (Caron et al. 2021, its
+      ``eval_linear.py``): the class token of each of the last ``n`` = :data:`DINO_BLOCKS` blocks
+      (fewer in a shallower encoder), each through the final norm, and the mean patch token,
+      concatenated. Its last two parts are ``token`` and ``mean``.
 
     Each clip's valid frames are cut into windows of ``window`` frames (the encoder's input length)
-    and the three read-outs are averaged over them (:func:`asit.windows.windowed_mean`: 50 %
-    overlap, the last window ending at the clip's end).
+    and the read-outs are averaged over them (:func:`asit.windows.windowed_mean`: 50 % overlap,
+    the last window ending at the clip's end).
     """
     spec = split.spec
     if spec.shape[2] < window:
         raise ValueError(f"clips of {spec.shape[2]} frames are shorter than the encoder's {window}-frame input")
     encoder.eval()
-    prefix = getattr(encoder, "num_prefix_tokens", 1)
+    blocks = min(DINO_BLOCKS, len(encoder.blocks))
     bands = spec.shape[3] // encoder.patch_embed.patch_size[1]  # tokens run time-major: (window / p) rows of `bands`
+    dim = encoder.embed_dim
 
-    def read_outs(windows: torch.Tensor) -> torch.Tensor:  # (W, 1, window, F) -> (W, D + D + bands * D)
-        tokens = encoder.forward_features(windows).float()  # (W, 1 + N, D): timm puts the class token first
-        patches = tokens[:, prefix:]
-        per_band = patches.reshape(len(windows), -1, bands, patches.shape[-1]).mean(1).flatten(1)  # (W, bands * D)
-        return torch.cat([tokens[:, 0], patches.mean(1), per_band], dim=1)
+    def read_outs(windows: torch.Tensor) -> torch.Tensor:  # (W, 1, window, F) -> (W, (bands + blocks + 3) * D)
+        # the last block's normed tokens are exactly forward_features' (timm puts the class token first)
+        layers = encoder.get_intermediate_layers(windows, n=blocks, return_prefix_tokens=True, norm=True)
+        patches, prefix = (t.float() for t in layers[-1])  # (W, N, D), (W, prefix tokens, D)
+        classes = [layer_prefix[:, 0].float() for _, layer_prefix in layers]
+        per_band = patches.reshape(len(windows), -1, bands, dim).mean(1).flatten(1)  # (W, bands * D)
+        return torch.cat([prefix[:, 0], patches.mean(1), per_band, *classes, patches.mean(1)], dim=1)
 
-    pooled = windowed_mean(read_outs, spec, split.frames, window, chunk=batch_size)  # (M, D + D + bands * D)
-    dim = pooled.shape[1] // (bands + 2)
-    token, mean, per_band = pooled.split([dim, dim, bands * dim], dim=1)
-    return {"token": token.numpy(), "mean": mean.numpy(), "bands": per_band.numpy()}
+    pooled = windowed_mean(read_outs, spec, split.frames, window, chunk=batch_size)
+    token, mean, per_band, dino = pooled.split([dim, dim, bands * dim, (blocks + 1) * dim], dim=1)
+    return {"token": token.numpy(), "mean": mean.numpy(), "bands": per_band.numpy(), "dino": dino.numpy()}
 
 
 def pooled_fbank(split: ProbeSplit) -> np.ndarray:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asit import label_efficiency
 from asit.course import preset_encoder
 from asit.readme import LABEL_EFFICIENCY_COLUMNS, LABEL_SHOTS, label_efficiency_cells, update_readme
 from asit.results import TASK_METRICS, write_results_readme
@@ -210,7 +211,8 @@ def label_efficiency_headline(output_dir: Path, preset: str) -> str:
     if not rows:
         return ""
     return "\n".join([f"Label efficiency at {LABEL_SHOTS} labelled clips per class, {len(result['seeds'])} seeds, "
-                      f"test accuracy mean [min, max] (from {path}):", aligned([list(LABEL_EFFICIENCY_COLUMNS), *rows]),
+                      f"probe read-out `{label_efficiency.pool_shown(result)}`, test accuracy mean [min, max] "
+                      f"(from {path}):", aligned([list(LABEL_EFFICIENCY_COLUMNS), *rows]),
                       f"figure: {path.with_suffix('.png')}"])
 
 

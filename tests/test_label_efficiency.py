@@ -60,20 +60,30 @@ def test_finetune_few_learns_a_separable_task_deterministically_and_leaves_the_e
 def test_summarise_and_gap_read_the_seed_ranges():
     rows = []
     for seed, (ours, theirs) in enumerate([(50.0, 30.0), (60.0, 45.0), (55.0, 40.0)]):
-        common = {"task": "esc50", "protocol": "probe", "pool": "mean", "shots": 4, "seed": seed}
+        common = {"task": "esc50", "protocol": "probe", "pool": le.PROBE_POOL, "shots": 4, "seed": seed}
         rows += [{**common, "features": le.PRETRAINED, "score": ours}, {**common, "features": le.RANDOM, "score": theirs}]
-    summary = le.summarise(rows)
+    # another read-out's probe rows, and fine-tuning rows, which carry the head's pool
+    other = [{**r, "pool": "token", "score": 100.0 - r["score"]} for r in rows]
+    tuned = [{**r, "protocol": "finetune", "pool": le.POOL, "score": r["score"] + 1.0} for r in rows]
+    summary = le.summarise(rows + other + tuned)
     pretrained = next(r for r in summary if r["features"] == le.PRETRAINED)
     assert (pretrained["mean"], pretrained["min"], pretrained["max"], pretrained["seeds"]) == (55.0, 50.0, 60.0, 3)
     verdict = le.gap(summary, "esc50", "probe", shots=4)
     assert verdict["lead"] == pytest.approx(55.0 - 115.0 / 3)
     assert verdict["margin"] == 5.0  # worst pretrained 50 over best random 45: no overlap
+    assert le.gap(summary, "esc50", "probe", pool="token")["lead"] == pytest.approx(-verdict["lead"])
+    assert le.gap(summary, "esc50", "finetune")["lead"] == pytest.approx(verdict["lead"])  # any pool named
+    assert le.gap(summary, "esc50", "finetune", pool="token") == le.gap(summary, "esc50", "finetune")
     rows[-1]["score"] = 52.0  # one random init above the worst pretrained seed: ranges overlap
     assert le.gap(le.summarise(rows), "esc50", "probe")["margin"] == -2.0
     with pytest.raises(KeyError):
         le.gap(summary, "ks2", "probe")
-    table = le.markdown({"encoder": "enc", "seeds": [0, 1, 2], "finetune_steps": 5, "summary": summary})
+    table = le.markdown({"encoder": "enc", "seeds": [0, 1, 2], "finetune_steps": 5, "summary": summary,
+                         "pool_shown": le.PROBE_POOL})
     assert "| esc50 | probe | pretrained | 55.0 [50.0, 60.0] |" in table
+    assert "| esc50 | finetune | pretrained | 56.0 [51.0, 61.0] |" in table and f"`{le.PROBE_POOL}`" in table
+    older = le.markdown({"encoder": "enc", "seeds": [0, 1, 2], "summary": summary})  # no pool_shown: mean
+    assert "| esc50 | probe |" not in older and "| esc50 | finetune | pretrained |" in older
 
 
 def test_patch_statistics_see_the_spectrogram_at_the_patch_grid():
@@ -161,27 +171,32 @@ def test_folds_words_name_ranges_and_lists():
 
 
 def test_plot_titles_name_the_esc50_folds_scored():
-    summary = [{"task": task, "protocol": "probe", "features": le.PRETRAINED, "pool": "mean", "shots": 4,
+    summary = [{"task": task, "protocol": "probe", "features": le.PRETRAINED, "pool": le.PROBE_POOL, "shots": 4,
                 "mean": 50.0, "min": 45.0, "max": 55.0, "seeds": 3} for task in ("esc50", "ks2")]
     figure = le.plot(summary, esc50_folds=[1, 2, 3, 4, 5])
     titles = [ax.get_title() for ax in figure.axes]
-    assert titles == ["esc50 (folds 1-5): probe", "ks2: probe"]
+    assert titles == ["esc50 (folds 1-5): probe (dino)", "ks2: probe (dino)"]
+    # one label count: the seed range is a bar, from the worst seed to the best
+    from matplotlib.collections import LineCollection
+
+    bars = [c for c in figure.axes[0].collections if isinstance(c, LineCollection)]
+    assert [segment[:, 1].tolist() for c in bars for segment in c.get_segments()] == [[45.0, 55.0]]
     le.plt.close(figure)
     unnamed = le.plot(summary)  # folds not given: no fold claimed
-    assert [ax.get_title() for ax in unnamed.axes] == ["esc50: probe", "ks2: probe"]
+    assert [ax.get_title() for ax in unnamed.axes] == ["esc50: probe (dino)", "ks2: probe (dino)"]
     le.plt.close(unnamed)
 
 
 def test_plot_puts_a_protocol_a_row_and_names_a_task_s_own_recipe():
     def point(task, protocol):
-        return {"task": task, "protocol": protocol, "features": le.PRETRAINED, "pool": "mean", "shots": 4,
+        return {"task": task, "protocol": protocol, "features": le.PRETRAINED, "pool": le.PROBE_POOL, "shots": 4,
                 "mean": 50.0, "min": 45.0, "max": 55.0, "seeds": 3}
 
     summary = [point("esc50", "probe"), point("ks2_cmn", "probe"), point("esc50", "finetune"),
                point("ks2_cmn", "finetune"), point("voxceleb1", "finetune")]
     figure = le.plot(summary, recipes={"esc50": "short", "ks2_cmn": "lpft", "voxceleb1": "short"})
     titles = [ax.get_title() for ax in figure.axes]  # voxceleb1 has no probe: its probe panel is gone
-    assert titles == ["esc50: probe", "ks2_cmn: probe", "esc50: finetune", "ks2_cmn: finetune (lpft)",
+    assert titles == ["esc50: probe (dino)", "ks2_cmn: probe (dino)", "esc50: finetune", "ks2_cmn: finetune (lpft)",
                       "voxceleb1: finetune"]
     rows = sorted({round(ax.get_position().y0, 2) for ax in figure.axes}, reverse=True)
     assert len(rows) == 2  # probe above, fine-tuning below

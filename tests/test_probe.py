@@ -83,6 +83,26 @@ def test_encoder_features_average_the_windows_of_each_clips_valid_frames():
         probe.encoder_features(encoder, probe.ProbeSplit(spec[:, :, :16], torch.tensor([16, 16]), np.array([0, 1])), window=32)
 
 
+def test_the_dino_read_out_is_the_last_blocks_normed_class_tokens_and_the_mean_patch_token():
+    torch.manual_seed(2)
+    encoder = create_encoder("tiny", num_frames=32, depth=6).eval()  # deeper than the 4 blocks read
+    spec = torch.randn(2, 1, 32, 128)  # one window a clip
+    features = probe.encoder_features(encoder, probe.ProbeSplit(spec, torch.tensor([32, 32]), np.array([0, 1])), window=32)
+    hidden, kept = encoder.patch_drop(encoder._pos_embed(encoder.patch_embed(spec))), []
+    with torch.no_grad():  # block by block, by hand: the class token of blocks 3-6, each through the final norm
+        hidden = encoder.norm_pre(hidden)
+        for block in encoder.blocks:
+            hidden = block(hidden)
+            kept.append(encoder.norm(hidden))
+    expected = torch.cat([layer[:, 0] for layer in kept[-4:]] + [kept[-1][:, 1:].mean(1)], dim=1)
+    assert features["dino"].shape == (2, 5 * encoder.embed_dim)
+    np.testing.assert_allclose(features["dino"], expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(features["dino"][:, -2 * encoder.embed_dim :],
+                                  np.concatenate([features["token"], features["mean"]], axis=1))
+    shallow = probe.encoder_features(_tiny_encoder(32), probe.ProbeSplit(spec, torch.tensor([32, 32]), np.array([0, 1])), 32)
+    assert shallow["dino"].shape == (2, 2 * 192)  # one block: its class token and the mean patch token
+
+
 def test_probe_score_separates_informative_from_uninformative_features():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 20)
@@ -109,7 +129,7 @@ def test_run_probes_on_esc50_and_audioset_layouts(tmp_path, monkeypatch):
     assert [(r["task"], r["features"], r["pool"]) for r in rows] == [
         (task, features, pool)
         for task in ("esc50", "audioset")
-        for features, pool in [("fbank", "mel mean+std")] + [(f, p) for f in ("tiny", "random init") for p in ("token", "mean", "bands")]
+        for features, pool in [("fbank", "mel mean+std")] + [(f, p) for f in ("tiny", "random init") for p in ("token", "mean", "bands", "dino")]
     ]
     esc_rows = [r for r in rows if r["task"] == "esc50"]
     assert {r["train_clips"] for r in esc_rows} == {24} and {r["test_clips"] for r in esc_rows} == {6}
@@ -190,6 +210,8 @@ class _PatchMeans(torch.nn.Module):
     """A stand-in encoder whose tokens are its patches' mean values (D = 1), in timm's token order."""
 
     num_prefix_tokens = 1
+    embed_dim = 1
+    blocks = [None]  # one block: the DINO read-out reads one class token
 
     def __init__(self, patch: int = 16):
         super().__init__()
@@ -197,9 +219,9 @@ class _PatchMeans(torch.nn.Module):
         self.patch_embed.patch_size = (patch, patch)
         self.pool = torch.nn.AvgPool2d(patch)
 
-    def forward_features(self, x):
+    def get_intermediate_layers(self, x, n, return_prefix_tokens, norm):  # timm's, for one block
         patches = self.pool(x).flatten(2).transpose(1, 2)  # (B, T/p * F/p, 1), time-major like timm's ViT
-        return torch.cat([patches.mean(1, keepdim=True), patches], dim=1)
+        return [(patches, patches.mean(1, keepdim=True))]
 
 
 def test_bands_keep_frequency_apart_and_time_together():

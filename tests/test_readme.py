@@ -29,8 +29,8 @@ def _write_sweep(results_dir, pool):
         _summary_row("probe", "fbank", "mel mean+std", [60.0, 70.0]),
         _summary_row("probe", "pretrained", pool, [50.0, 55.0]),  # every seed above every random init
         _summary_row("probe", "random init", pool, [30.0, 40.0]),
-        _summary_row("finetune", "pretrained", pool, [30.0, 45.0]),  # the ranges overlap
-        _summary_row("finetune", "random init", pool, [35.0, 50.0]),
+        _summary_row("finetune", "pretrained", "mean", [30.0, 45.0]),  # the head's pool; the ranges overlap
+        _summary_row("finetune", "random init", "mean", [35.0, 50.0]),
         _summary_row("probe", "pretrained", "some other read-out", [1.0, 2.0]),  # not the one shown
     ]
     sweep = {"tasks": ["esc50"], "protocols": ["probe", "finetune"], "seeds": [0, 1], "pool_shown": pool, "summary": summary}
@@ -52,7 +52,7 @@ def test_label_efficiency_block_says_whether_the_seed_ranges_overlap(tmp_path):
 def test_label_efficiency_block_takes_any_read_out_name(tmp_path):
     _write_sweep(tmp_path / "results", pool="cls+mean")
     block = label_efficiency_block(tmp_path / "results")
-    assert "read out by `cls+mean` (cls+mean)" in block.replace("\n", " ")
+    assert "the frozen encoders by `cls+mean` (cls+mean)" in block.replace("\n", " ")
     assert "| esc50 | probe | 52.5 [50.0, 55.0] |" in block
 
 
@@ -76,13 +76,16 @@ def test_long_sweep_block_names_the_folds_scored_and_the_files_not_run(tmp_path)
     sweep_file.rename(results / "label_efficiency" / "five_folds.json")
     (results / "label_efficiency" / "five_folds.json").write_text(json.dumps(sweep))
     block = long_sweep_block(results, names=("five_folds", "never_run"))
-    assert ("| esc50 | folds 1-5 | 2 | probe | 52.5 [50.0, 55.0] | 35.0 [30.0, 40.0] | 65.0 [60.0, 70.0] | +17.5 | +10.0 | "
+    assert ("| esc50 | folds 1-5 | 2 | probe (`mean`) | 52.5 [50.0, 55.0] | 35.0 [30.0, 40.0] | 65.0 [60.0, 70.0] | +17.5 | +10.0 | "
             "apart: every pretrained seed above every random init |") in block.splitlines()
     assert "(results/label_efficiency/five_folds.md)" in block
     assert block.splitlines()[-1] == "Not run yet: results/label_efficiency/never_run.json."
     del sweep["esc50_test_folds"]  # a sweep from before --folds: fold 1
     (results / "label_efficiency" / "five_folds.json").write_text(json.dumps(sweep))
-    assert "| esc50 | fold 1 | 2 | probe |" in long_sweep_block(results, names=("five_folds",))
+    assert "| esc50 | fold 1 | 2 | probe (`mean`) |" in long_sweep_block(results, names=("five_folds",))
+    sweep["seeds"] = [5, 6]  # seeds other than 0..N-1 are named
+    (results / "label_efficiency" / "five_folds.json").write_text(json.dumps(sweep))
+    assert "| esc50 | fold 1 | 2 (5-6) | probe (`mean`) |" in long_sweep_block(results, names=("five_folds",))
 
 
 def test_long_sweep_block_lists_the_files_make_label_efficiency_writes():
@@ -114,4 +117,4 @@ def test_a_sweep_fine_tuned_with_another_recipe_names_it_in_the_protocol(tmp_pat
     sweep["recipes"] = {"esc50": dict(vars(le.FINETUNE_RECIPES["short"]))}
     sweep_file.write_text(json.dumps(sweep))
     assert protocols() == ["probe", "finetune"]  # the task's own recipe, not the spec's first name
-    assert "Fine-tuning: `short`, 60 steps at lr 3e-04." in label_efficiency_block(tmp_path / "results")
+    assert "Fine-tuning: `short`, 60 steps at lr 3e-04." in label_efficiency_block(tmp_path / "results").replace("\n", " ")

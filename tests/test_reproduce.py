@@ -93,11 +93,11 @@ def test_the_closing_output_gives_the_label_sweep_s_verdicts_and_figure(course, 
 
     notebooks, results = course
     assert reproduce.label_efficiency_headline(results, "smoke") == ""  # no sweep yet: nothing printed
-    _write_sweep(results, pool="mean")
+    _write_sweep(results, pool="dino")
     (results / "label_efficiency" / "cpu.json").rename(results / "label_efficiency" / "smoke.json")
     reproduce.main(["--preset", "smoke", "--only", "01", "--notebook-dir", str(notebooks), "--output-dir", str(results)])
     out = capsys.readouterr().out.split("notebooks ran in", 1)[0]
-    assert "Label efficiency at 4 labelled clips per class, 2 seeds" in out
+    assert "Label efficiency at 4 labelled clips per class, 2 seeds, probe read-out `dino`" in out
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("esc50 ")}
     assert rows["probe"].endswith("apart: every pretrained seed above every random init")
     assert rows["finetune"].endswith("overlap")
