@@ -147,7 +147,7 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
 # The files `make label-efficiency` writes, one task each (ESC-50 on all five test folds).
 LONG_SWEEPS = (
     "course_5seeds_5folds_esc50", "course_5seeds_ks2", "course_5seeds_ks2_cmn", "course_5seeds_ks2_cmn_lpft",
-    "course_5seeds_voxceleb1", "course_5fresh_seeds_probe",
+    "course_5seeds_voxceleb1", "course_5seeds_probe", "course_5fresh_seeds_probe",
 )
 
 
