@@ -27,7 +27,7 @@ SYSTEM_PACKAGES := espeak-ng sox libsndfile1
 
 .PHONY: help system venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint \
 	label-efficiency-headline \
-	le-esc50 le-ks2 le-ks2_cmn le-ks2_cmn_lpft le-voxceleb1 le-probe-seeds le-fresh-seeds le-diagnosis le-neighbours
+	le-esc50 le-ks2 le-ks2_cmn le-ks2_cmn_lpft le-voxceleb1 le-fresh-seeds le-diagnosis le-neighbours
 
 help:
 	@echo "make reproduce   set up, build the built-in data, run every notebook (PRESET=$(PRESET))"
@@ -115,7 +115,7 @@ label-efficiency-headline: $(STAMP) $(BUILTIN_DATA)
 # two side by side (each task's rows depend on that task alone). README.md's block lists the files.
 LE_ENCODER ?= results/course_checkpoint/encoder
 LE_SWEEP = OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --seeds 5
-label-efficiency: le-esc50 le-ks2 le-ks2_cmn le-ks2_cmn_lpft le-voxceleb1 le-probe-seeds le-fresh-seeds le-diagnosis le-neighbours
+label-efficiency: le-esc50 le-ks2 le-ks2_cmn le-ks2_cmn_lpft le-voxceleb1 le-fresh-seeds le-diagnosis le-neighbours
 	$(PY) -m asit.readme
 le-esc50: $(STAMP) $(BUILTIN_DATA)
 	$(LE_SWEEP) --tasks esc50 --folds 1-5 --name course_5seeds_5folds_esc50
@@ -125,13 +125,10 @@ le-ks2 le-ks2_cmn le-voxceleb1: le-%: $(STAMP) $(BUILTIN_DATA)
 # 300 steps at a lower rate): fine-tuning only, 5 seeds (its json records how long it took).
 le-ks2_cmn_lpft: $(STAMP) $(BUILTIN_DATA)
 	$(LE_SWEEP) --tasks ks2_cmn --protocols finetune --finetune-recipe lpft --name course_5seeds_ks2_cmn_lpft
-# The probe at 4 labels per class, every read-out, on seeds 0-4 (on which its `dino` read-out was
-# chosen: results/HISTORY.md) and on seeds 5-9, which played no part in that choice: the fresh test.
-LE_PROBE = $(LE_SWEEP) --tasks esc50,ks2_cmn --folds 1-5 --shots 4 --protocols probe --jobs 2
-le-probe-seeds: $(STAMP) $(BUILTIN_DATA)
-	$(LE_PROBE) --name course_5seeds_probe
+# The probe at 4 labels per class, every read-out, on seeds 5-9, which played no part in choosing
+# its `dino` read-out (that was done on seeds 0-4, the sweeps above: results/HISTORY.md).
 le-fresh-seeds: $(STAMP) $(BUILTIN_DATA)
-	$(LE_PROBE) --first-seed 5 --name course_5fresh_seeds_probe
+	$(LE_SWEEP) --first-seed 5 --tasks esc50,ks2_cmn --folds 1-5 --shots 4 --protocols probe --jobs 2 --name course_5fresh_seeds_probe
 le-diagnosis: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose --shots 4
 le-neighbours: $(STAMP) $(BUILTIN_DATA)

@@ -177,16 +177,17 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
     bands = spec.shape[3] // encoder.patch_embed.patch_size[1]  # tokens run time-major: (window / p) rows of `bands`
     dim = encoder.embed_dim
 
-    def read_outs(windows: torch.Tensor) -> torch.Tensor:  # (W, 1, window, F) -> (W, (bands + blocks + 3) * D)
+    def read_outs(windows: torch.Tensor) -> torch.Tensor:  # (W, 1, window, F) -> (W, (2 + bands + blocks - 1) * D)
         # the last block's normed tokens are exactly forward_features' (timm puts the class token first)
         layers = encoder.get_intermediate_layers(windows, n=blocks, return_prefix_tokens=True, norm=True)
         patches, prefix = (t.float() for t in layers[-1])  # (W, N, D), (W, prefix tokens, D)
-        classes = [layer_prefix[:, 0].float() for _, layer_prefix in layers]
+        earlier = [layer_prefix[:, 0].float() for _, layer_prefix in layers[:-1]]  # the other blocks' class tokens
         per_band = patches.reshape(len(windows), -1, bands, dim).mean(1).flatten(1)  # (W, bands * D)
-        return torch.cat([prefix[:, 0], patches.mean(1), per_band, *classes, patches.mean(1)], dim=1)
+        return torch.cat([prefix[:, 0], patches.mean(1), per_band, *earlier], dim=1)
 
     pooled = windowed_mean(read_outs, spec, split.frames, window, chunk=batch_size)
-    token, mean, per_band, dino = pooled.split([dim, dim, bands * dim, (blocks + 1) * dim], dim=1)
+    token, mean, per_band, earlier = pooled.split([dim, dim, bands * dim, (blocks - 1) * dim], dim=1)
+    dino = torch.cat([earlier, token, mean], dim=1)  # the blocks' class tokens in order, then the mean patch token
     return {"token": token.numpy(), "mean": mean.numpy(), "bands": per_band.numpy(), "dino": dino.numpy()}
 
 

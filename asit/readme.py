@@ -128,8 +128,9 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
     lines = [
         paragraph(f"At {LABEL_SHOTS} labelled clips per class, test accuracy (%) over {seeds} seeds, mean [min, max], "
         f"from [`{path.relative_to(results_dir.parent)}`]({path.relative_to(results_dir.parent)}). The probe reads "
-        f"the frozen encoders by `{pool}` ({POOL_WORDS.get(pool, pool)}), fine-tuning's head the mean patch token; the pooled fbank is a linear probe of the mel bands' mean "
-        f"and standard deviation. Fine-tuning: {label_efficiency.recipe_words(result)}. "
+        f"the frozen encoders by `{pool}` ({POOL_WORDS.get(pool, pool)}), fine-tuning's head the mean patch token; "
+        "the pooled fbank is a linear probe of the mel bands' mean and standard deviation. "
+        f"Fine-tuning: {label_efficiency.recipe_words(result)}. "
         "*Lead*: pretrained mean minus random-init mean; *margin*: the worst pretrained "
         "seed minus the best random init (positive: the seed ranges are apart, pretraining ahead)."
         + (f" ESC-50 is scored on its {scored_on(result, 'esc50')} (each fold's labels drawn from the other folds, "
@@ -144,10 +145,11 @@ def label_efficiency_block(results_dir: Path, name: str = "cpu") -> str:
     return "\n".join(lines)
 
 
-# The files `make label-efficiency` writes, one task each (ESC-50 on all five test folds).
+# The sweeps `make label-efficiency` writes (ESC-50 on all five test folds), one task each but the
+# probe on the fresh seeds 5-9, which takes the events and the keywords.
 LONG_SWEEPS = (
     "course_5seeds_5folds_esc50", "course_5seeds_ks2", "course_5seeds_ks2_cmn", "course_5seeds_ks2_cmn_lpft",
-    "course_5seeds_voxceleb1", "course_5seeds_probe", "course_5fresh_seeds_probe",
+    "course_5seeds_voxceleb1", "course_5fresh_seeds_probe",
 )
 
 
