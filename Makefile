@@ -131,8 +131,10 @@ le-fresh-seeds: $(STAMP) $(BUILTIN_DATA)
 	$(LE_SWEEP) --first-seed 5 --tasks esc50,ks2_cmn --folds 1-5 --shots 4 --protocols probe --jobs 2 --name course_5fresh_seeds_probe
 le-diagnosis: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.label_efficiency $(LE_ENCODER) --name course --diagnose --shots 4
+# What a clip's nearest neighbour shares: the word or the voice (KS2), the channel or the voice (VoxCeleb1).
 le-neighbours: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.neighbours $(LE_ENCODER) --name course
+	OMP_NUM_THREADS=1 $(PY) -m asit.neighbours $(LE_ENCODER) --name course --task voxceleb1
 
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,
 # 12 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/: the

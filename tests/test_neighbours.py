@@ -76,3 +76,58 @@ def test_findings_say_which_side_of_the_random_inits_range_the_pretrained_rate_f
     assert "class token 3.0 % pretrained, 2.5 [2.0, 3.0] % from random inits (inside their range)" in text
     assert "per-band read-out 9.0 % pretrained, 15.5 [15.0, 16.0] % from random inits (below their range)" in text
     assert "pooled fbank 22.0 %" in text and "chance 10.8 %" in text
+
+
+def test_features_that_carry_the_channel_pair_each_training_clip_with_its_own_video():
+    speakers, videos = np.repeat([0, 1, 2], 4), np.repeat(np.arange(6), 2)  # 3 speakers x 2 videos x 2 clips
+    rng = np.random.default_rng(0)
+    test_speakers = np.array([0, 1, 2])  # one clip each, from a seventh, eighth and ninth video
+
+    def clips(with_channel):  # columns: the voice of each speaker, then (or not) the channel of each of the 9 videos
+        train, test = np.eye(3)[speakers], np.eye(3)[test_speakers]
+        if with_channel:
+            train, test = np.hstack([train, 10 * np.eye(9)[videos]]), np.hstack([test, 10 * np.eye(9)[[6, 7, 8]]])
+        return train + 0.01 * rng.standard_normal(train.shape), test + 0.01 * rng.standard_normal(test.shape)
+
+    groups = {"speaker": speakers, "video": videos, "test_speaker": test_speakers}
+    channel_bound = neighbours.channel_row("x", "token", None, *clips(True), groups)
+    assert (channel_bound["same_video"], channel_bound["same_speaker_other_video"]) == (100.0, 0.0)
+    voice_bound = neighbours.channel_row("x", "token", None, *clips(False), groups)  # the voice alone
+    assert voice_bound["same_video"] + voice_bound["same_speaker_other_video"] == 100.0
+    assert voice_bound["test_speaker"] == 100.0  # a new video's clip still lands on its voice
+
+
+def test_nearest_in_finds_each_querys_closest_reference_row():
+    reference = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    queries = np.array([[0.1, 2.0], [3.0, 0.2], [-2.0, -1.9]])
+    assert neighbours.nearest_in(reference, queries).tolist() == [1, 0, 2]
+
+
+def test_video_comes_from_the_voxceleb1_folder():
+    assert neighbours.video_of("wav/id10003/kBnDWP431tn/00002.wav") == "id10003/kBnDWP431tn"
+    with pytest.raises(ValueError, match="00002.wav: not a VoxCeleb1 file path"):
+        neighbours.video_of("00002.wav")
+
+
+def test_cli_on_a_voxceleb1_layout_writes_the_speaker_table(tmp_path, monkeypatch):
+    from layouts import write_voxceleb1
+
+    root = write_voxceleb1(tmp_path / "vox", speakers=3, videos=4, utterances=2)  # 2 training videos a speaker
+    monkeypatch.setattr(probe, "PROBE_TASKS", {"voxceleb1": probe.ProbeTask("voxceleb1", "train", "test", 32)})
+    torch.manual_seed(2)
+    encoder = save_encoder(create_encoder("tiny", num_frames=32, depth=1).eval(), tmp_path / "run" / "encoder")
+    result = neighbours.main([str(encoder), "--name", "tiny", "--task", "voxceleb1", "--seeds", "2",
+                              "--data-root", str(root), "--output-dir", str(tmp_path / "results")])
+    assert (result["clips"], result["test_clips"], result["speakers"], result["videos_per_speaker"]) == (12, 6, 3, 2)
+    # of a clip's 11 others: 1 from its video, 2 of its speaker from the other video; 3 speakers for a test clip
+    assert result["chance"] == pytest.approx({"video": 100 / 11, "speaker_other_video": 200 / 11, "test_speaker": 100 / 3})
+    assert [(r["features"], r["pool"], r["seed"]) for r in result["rows"]] == [("fbank", "mel mean+std", None)] + [
+        (name, pool, seed) for name, seed in (("pretrained", None), ("random init", 0), ("random init", 1)) for pool in probe.POOLS]
+    for row in result["rows"]:
+        assert 0 <= row["same_video"] + row["same_speaker_other_video"] <= 100 and 0 <= row["test_speaker"] <= 100
+    written = tmp_path / "results" / "label_efficiency" / "tiny_neighbours_voxceleb1.json"
+    assert json.loads(written.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    table = written.with_suffix(".md").read_text()
+    assert "| features | read-out | same video | same speaker, another video | test clip: same speaker |" in table
+    assert "| random init (2 seeds) | dino |" in table
+    assert "`dino`" in neighbours.speaker_findings(result) and "chance 33.3 %" in neighbours.speaker_findings(result)
