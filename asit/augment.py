@@ -1,4 +1,4 @@
-"""Fine-tuning augmentations, batched on the training device.
+"""Augmentations, batched on the training device.
 
 - :class:`SpecAugment`: frequency and time masking (Park et al. 2019) through torchaudio's
   ``FrequencyMasking`` / ``TimeMasking``, with an independent mask per clip.
@@ -9,6 +9,9 @@
   ``_background_noise_`` recordings is added to the waveform at a random signal-to-noise ratio.
   It runs **on the device, in the waveform domain, before the fbank**: the data workers only
   crop waveforms (see :mod:`asit.features`), so the noise bank is loaded once onto the device.
+- :func:`random_equaliser` (pretraining, ``view_eq_db``): each view of a clip through its own
+  random microphone-and-room colouring, so that the two views of a clip no longer share a channel
+  that the self-distillation could match them by instead of by their content.
 
 Layout: spectrograms are ``(B, 1, T, F)``, time is dim -2 and frequency dim -1 (see
 ``asit/README.md``). torchaudio's masks expect ``(..., freq, time)``, so :class:`SpecAugment`
@@ -24,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torchaudio
 from scipy.stats import beta as scipy_beta
@@ -68,6 +72,41 @@ class SpecAugment(nn.Module):
 
     def extra_repr(self) -> str:
         return f"freq_mask={self.freq_mask}, time_mask={self.time_mask}, num_masks={self.num_masks}"
+
+
+def equaliser_curves(count: int, bins: int, max_db: float, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(count, bins)`` random smooth gain curves over the mel bins, in dB.
+
+    Each is a level change and a spectral tilt, both uniform in ``[-max_db, max_db]``, and a
+    low-pass roll-off: above a cut-off drawn in the upper half of the bins the gain falls linearly
+    to ``-depth`` at the top bin, ``depth`` uniform in ``[0, 2 max_db]``. The shapes a microphone,
+    a room and a codec's band limit give a recording, at the scale of tens of dB.
+    """
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, 1, generator=generator, device=device)
+
+    bin_position = torch.linspace(0.0, 1.0, bins, device=device)[None]  # (1, bins)
+    level, tilt = uniform(-max_db, max_db), uniform(-max_db, max_db)
+    cutoff, depth = uniform(0.5, 1.0), uniform(0.0, 2 * max_db)
+    roll_off = (bin_position - cutoff).clamp_min(0) / (1 - cutoff).clamp_min(1e-3)
+    return level + tilt * (bin_position - 0.5) - depth * roll_off
+
+
+def random_equaliser(spec: torch.Tensor, max_db: float, std: float | None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(N, 1, T, F)`` log-mel spectrograms, each with its own :func:`equaliser_curves` curve added.
+
+    The fbank is the natural log of the mel energies, so ``g`` dB adds ``g ln(10) / 10``; a
+    spectrogram normalised AST's way (``(x - mean) / (2 std)``) takes that divided by ``2 std``
+    (``std=None``: raw log-mel). Padding frames are shifted alike, as a gain would shift silence.
+    """
+    if spec.dim() != 4:
+        raise ValueError(f"random_equaliser expects (N, 1, T, F), got {tuple(spec.shape)}")
+    if max_db <= 0:
+        return spec
+    curves_db = equaliser_curves(spec.shape[0], spec.shape[-1], max_db, generator, spec.device)
+    log_gain = curves_db * (np.log(10.0) / 10) / (1.0 if std is None else 2 * std)
+    return spec + log_gain[:, None, None, :].to(spec.dtype)
 
 
 def mixup(

@@ -84,6 +84,8 @@ class PretrainConfig:
     num_local_crops: int = 0  # extra 192-frame crops for the class-token loss only (DINO multi-crop);
     # 0 = earlier revision (default), 4 = later revision. Costs student compute only.
     local_crop_frames: int = 192  # frames per local crop (2 s)
+    view_eq_db: float = 0.0  # each global view through its own random equaliser (level, tilt, low-pass
+    # roll-off, up to this many dB; asit.augment.random_equaliser); 0 = off (ASiT has none)
 
     # ---------------------------------------------------------------- optimisation
     epochs: int = 100  # paper: 100 epochs on AudioSet-2M

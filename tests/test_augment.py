@@ -94,3 +94,34 @@ def test_background_noise_from_folder(tmp_path):
     assert augment.num_recordings == 1 and augment.bank.numel() == 16000  # resampled 8 -> 16 kHz
     out = augment.train()(torch.ones(2, 100))
     assert not torch.equal(out, torch.ones(2, 100))
+
+
+def test_equaliser_curves_stay_within_their_level_tilt_and_roll_off():
+    from asit.augment import equaliser_curves
+
+    max_db = 10.0
+    curves = equaliser_curves(500, 128, max_db, torch.Generator().manual_seed(0))
+    assert curves.shape == (500, 128)
+    # level and tilt add at most 1.5 max_db anywhere; the roll-off only lowers, by up to 2 max_db
+    assert curves.max() <= 1.5 * max_db + 1e-4 and curves.min() >= -3.5 * max_db - 1e-4
+    lower_half = curves[:, :64]  # the cut-off is in the upper half: below it the curve is a straight line
+    steps = lower_half.diff(dim=1)
+    torch.testing.assert_close(steps, steps[:, :1].expand_as(steps), rtol=0, atol=1e-4)
+    assert curves.std(0).min() > 1.0  # every bin moves from curve to curve
+    assert len({tuple(c) for c in curves.tolist()}) == 500  # one curve per spectrogram
+
+
+def test_random_equaliser_adds_its_curve_in_log_mel_units_and_in_normalised_units():
+    from asit.augment import equaliser_curves, random_equaliser
+
+    spec = torch.randn(6, 1, 20, 32)
+    curves = equaliser_curves(6, 32, 8.0, torch.Generator().manual_seed(3))
+    raw = random_equaliser(spec, 8.0, None, torch.Generator().manual_seed(3))
+    # raw log-mel is the natural log of the energies: g dB multiplies the energy by 10^(g / 10)
+    torch.testing.assert_close(torch.exp(raw - spec), (10 ** (curves / 10))[:, None, None, :].expand_as(spec), rtol=1e-4, atol=1e-5)
+    normalised = random_equaliser(spec, 8.0, 4.0, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(normalised - spec, (raw - spec) / 8.0, rtol=1e-5, atol=1e-6)
+    assert (raw - spec)[:, 0].std(dim=1).max() < 1e-5  # one curve a spectrogram, the same at every frame
+    assert random_equaliser(spec, 0.0, None) is spec
+    with pytest.raises(ValueError, match=r"\(N, 1, T, F\)"):
+        random_equaliser(spec[:, 0], 8.0, None)

@@ -320,3 +320,32 @@ def test_the_student_builds_its_configured_head_once_and_the_encoder_does_not_de
     paper_head = engine_pretrain.build_student(dataclasses.replace(cfg, head_hidden_dim=2048, head_bottleneck_dim=256))
     for (name, ours), theirs in zip(student.encoder.state_dict().items(), paper_head.encoder.state_dict().values()):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)  # the encoder is drawn first
+
+
+def test_view_equaliser_colours_every_view_on_its_own_and_repeats_with_the_step(monkeypatch):
+    """``view_eq_db`` passes each of the V*B views through its own curve before teacher and student see
+    them; the curves are a function of the step, so a rerun of the step repeats the losses exactly."""
+    from asit import augment
+    from asit.audio import NormStats
+
+    seen = []
+
+    def recording(spec, max_db, std, generator=None):
+        out = augment.random_equaliser(spec, max_db, std, generator)
+        seen.append((spec.shape, max_db, std, (out - spec)[:, 0, 0].clone()))
+        return out
+
+    monkeypatch.setattr(engine_pretrain, "random_equaliser", recording)
+    cfg = get_preset("smoke", view_eq_db=6.0, drop_path_rate=0.0)
+    waves, lengths = _fixed_batch(cfg)
+    runs = []
+    for _ in range(2):
+        state = engine.build_training(cfg, "cpu", stats=NormStats(-6.0, 4.0), steps_per_epoch=4)
+        runs.append({k: v.item() for k, v in engine.train_step(state, waves, lengths, 3).items() if v.dim() == 0})
+    assert runs[0] == runs[1]
+    (shape, max_db, std, shift), _ = seen
+    assert shape[0] == 8 and max_db == 6.0 and std == 4.0  # 2 views x 4 clips
+    assert len({tuple(row.tolist()) for row in shift}) == 8  # the two views of a clip differ in colour
+    plain = engine.build_training(get_preset("smoke", drop_path_rate=0.0), "cpu", stats=NormStats(-6.0, 4.0), steps_per_epoch=4)
+    assert engine.train_step(plain, waves, lengths, 3)["loss"].item() != runs[0]["loss"]
+    assert len(seen) == 2  # view_eq_db = 0 never calls it
