@@ -135,27 +135,41 @@ def find_latest(run_dir: str | Path) -> Path | None:
     return numbered[-1][1] if numbered else None
 
 
-def config_mismatches(saved: dict, expected: dict, may_change: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+def config_mismatches(saved: dict, expected: dict, may_change: Iterable[str] = (),
+                      defaults: dict | None = None) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ between two config dicts, except those in ``may_change``.
 
     Nested dicts (e.g. the masking config) are compared field by field as ``outer.inner``.
+    ``defaults``: the config class's own values; a field the saved dict lacks (one added to the
+    class after the checkpoint was written) reads as its default, which is what that run did.
     """
     may_change = set(may_change)
     differ: dict[str, tuple[Any, Any]] = {}
 
-    def walk(a: dict, b: dict, prefix: str) -> None:
+    def walk(a: dict, b: dict, fallback: dict, prefix: str) -> None:
         for key in sorted(set(a) | set(b)):
             name = f"{prefix}{key}"
             if name in may_change:
                 continue
-            old, new = a.get(key, "<missing>"), b.get(key, "<missing>")
+            old, new = a.get(key, fallback.get(key, "<missing>")), b.get(key, "<missing>")
             if isinstance(old, dict) and isinstance(new, dict):
-                walk(old, new, name + ".")
+                inner = fallback.get(key)
+                walk(old, new, inner if isinstance(inner, dict) else {}, name + ".")
             elif _normalise(old) != _normalise(new):
                 differ[name] = (old, new)
 
-    walk(saved, expected, "")
+    walk(saved, expected, defaults or {}, "")
     return differ
+
+
+def _defaults_of(config: Any) -> dict | None:
+    """The default values of a dataclass config's class (None for a dict, or a class without defaults)."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    try:
+        return _config_dict(type(config)())
+    except TypeError:  # a field without a default
+        return None
 
 
 def _normalise(value: Any) -> Any:
@@ -207,7 +221,8 @@ def load_checkpoint(
             raise UnreadableCheckpoint(path, err) from err
         state = torch.load(path, map_location=map_location, weights_only=False)
     if expected_config is not None:
-        differ = config_mismatches(state.get("config", {}), _config_dict(expected_config), may_change)
+        differ = config_mismatches(state.get("config", {}), _config_dict(expected_config), may_change,
+                                   _defaults_of(expected_config))
         if differ:
             raise CheckpointMismatch(path, differ)
     return state

@@ -120,3 +120,25 @@ def test_a_dead_writers_temporary_is_removed_by_the_next_save(tmp_path):
     ckpt.save_checkpoint(state(1.0), tmp_path, config=Cfg(), epoch=1)
     assert not dead.exists() and not dead_numbered.exists() and alive.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "checkpoint.pth", "checkpoint-0001.pth"])
+
+
+def test_a_checkpoint_from_before_a_field_existed_resumes_when_the_field_is_at_its_default(tmp_path):
+    """A field added to the config class later is absent from older checkpoints: that run did what
+    the default does, so resuming at the default is allowed and any other value is refused."""
+    from asit.config import get_preset
+
+    cfg = get_preset("smoke")
+    written = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "view_eq_db"}  # an older run's config
+    path = ckpt.save_checkpoint({"model": {}}, tmp_path, config=written, epoch=0)
+    assert ckpt.load_checkpoint(path, cfg)["config"] == written
+    with pytest.raises(ckpt.CheckpointMismatch, match="view_eq_db: checkpoint has 0.0, this run has 6.0"):
+        ckpt.load_checkpoint(path, get_preset("smoke", view_eq_db=6.0))
+    nested = dict(written, masking={k: v for k, v in written["masking"].items() if k != "noise_std"})
+    path = ckpt.save_checkpoint({"model": {}}, tmp_path / "nested", config=nested, epoch=0)
+    ckpt.load_checkpoint(path, cfg)  # a nested field at its class default, too
+    # the smoke preset's swap_prob (0.0) is not the class default (0.5): missing, it reads as 0.5
+    nested = dict(written, masking={k: v for k, v in written["masking"].items() if k != "swap_prob"})
+    path = ckpt.save_checkpoint({"model": {}}, tmp_path / "swap", config=nested, epoch=0)
+    with pytest.raises(ckpt.CheckpointMismatch, match="masking.swap_prob: checkpoint has 0.5"):
+        ckpt.load_checkpoint(path, cfg)
+    assert ckpt.config_mismatches({}, {"a": 1}) == {"a": ("<missing>", 1)}  # no defaults: still a mismatch
