@@ -44,13 +44,19 @@ TASK = "ks2"
 SPEAKER_TASK = "voxceleb1"
 
 
+def _unit_rows(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``x``'s columns standardised by ``reference``'s (no column dominates by its scale alone), rows
+    scaled to unit length, so that a dot product is a cosine similarity."""
+    x = (x - reference.mean(0)) / (reference.std(0) + 1e-8)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def nearest_neighbours(features: np.ndarray) -> np.ndarray:
     """``(M, D)`` -> ``(M,)``: each row's most cosine-similar other row, on standardised columns."""
     x = np.asarray(features, dtype=np.float64)
     if len(x) < 2:
         raise ValueError(f"nearest neighbours need at least 2 clips, got {len(x)}")
-    x = (x - x.mean(0)) / (x.std(0) + 1e-8)  # no column dominates by its scale alone
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _unit_rows(x, x)
     similarity = x @ x.T
     np.fill_diagonal(similarity, -np.inf)
     return similarity.argmax(1)
@@ -72,10 +78,7 @@ def chance_agreement(labels: np.ndarray) -> float:
 def nearest_in(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``(Q,)``: each query's most cosine-similar reference row, columns standardised by the reference."""
     ref, query = (np.asarray(x, dtype=np.float64) for x in (reference, queries))
-    mean, std = ref.mean(0), ref.std(0) + 1e-8
-    ref, query = ((x - mean) / std for x in (ref, query))
-    ref, query = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (ref, query))
-    return (query @ ref.T).argmax(1)
+    return (_unit_rows(query, ref) @ _unit_rows(ref, ref).T).argmax(1)
 
 
 def speaker_of(path: str | Path) -> str:
@@ -85,6 +88,13 @@ def speaker_of(path: str | Path) -> str:
     if not marker or not speaker:
         raise ValueError(f"{path}: not a Speech Commands file name (<speaker>_nohash_<n>.wav), so no speaker")
     return speaker
+
+
+def _check_every_clip_read(split: "probe.ProbeSplit", data: Any, what: str) -> None:
+    """``load_split`` leaves unreadable clips out; then the file names no longer line up with the clips."""
+    if len(data.paths) != len(split.targets):
+        raise RuntimeError(f"{len(data.paths) - len(split.targets)} clips were left out as unreadable: the "
+                           f"{what} could not be matched to the clips")
 
 
 def video_of(path: str | Path) -> str:
@@ -120,9 +130,7 @@ def keyword_neighbours(encoder_path: str | Path, seeds: Sequence[int] = (0, 1, 2
     task = probe.PROBE_TASKS[TASK]
     _, train_data = probe.load_split(task, task.train_split, data_root)  # its statistics normalise the test split
     test, data = probe.load_split(task, task.test_split, data_root, stats=train_data.stats)
-    if len(data.paths) != len(test.targets):
-        raise RuntimeError(f"{len(data.paths) - len(test.targets)} test clips were left out as unreadable: the "
-                           "speakers could not be matched to the clips")  # load_split drops bad clips
+    _check_every_clip_read(test, data, "speakers")
     groups = {"word": test.targets, "speaker": np.array([speaker_of(p) for p in data.paths])}
     rows = [agreement_row(probe.FBANK, "mel mean+std", None, probe.pooled_fbank(test), groups)]
     pretrained = probe._encoder(encoder_path, None)
@@ -156,10 +164,8 @@ def speaker_neighbours(encoder_path: str | Path, seeds: Sequence[int] = (0, 1, 2
     task = probe.PROBE_TASKS[SPEAKER_TASK]
     train, train_data = probe.load_split(task, task.train_split, data_root)
     test, test_data = probe.load_split(task, task.test_split, data_root, stats=train_data.stats)
-    for split, data in ((train, train_data), (test, test_data)):
-        if len(data.paths) != len(split.targets):
-            raise RuntimeError(f"{len(data.paths) - len(split.targets)} clips were left out as unreadable: the "
-                               "videos could not be matched to the clips")  # load_split drops bad clips
+    _check_every_clip_read(train, train_data, "videos")
+    _check_every_clip_read(test, test_data, "speakers")
     groups = {"speaker": train.targets, "video": np.array([video_of(p) for p in train_data.paths]),
               "test_speaker": test.targets}
     rows = [channel_row(probe.FBANK, "mel mean+std", None, probe.pooled_fbank(train), probe.pooled_fbank(test), groups)]
@@ -168,12 +174,14 @@ def speaker_neighbours(encoder_path: str | Path, seeds: Sequence[int] = (0, 1, 2
     for name, seed, encoder in encoders:
         train_features, test_features = _features(encoder, train), _features(encoder, test)
         rows += [channel_row(name, pool, seed, train_features[pool], test_features[pool], groups) for pool in probe.POOLS]
-    videos_per_speaker = len(set(groups["video"])) / len(set(groups["speaker"].tolist()))
+    speakers = len(set(train.targets.tolist()))
+    # a test clip's chance: the share of the training clips that are its speaker's
+    test_chance = float(100 * np.mean([np.mean(train.targets == s) for s in test.targets]))
     return {"task": SPEAKER_TASK, "encoder": str(encoder_path), "clips": len(train.targets), "test_clips": len(test.targets),
-            "speakers": len(set(groups["speaker"].tolist())), "videos_per_speaker": videos_per_speaker,
+            "speakers": speakers, "videos_per_speaker": len(set(groups["video"])) / speakers,
             "chance": {"video": chance_agreement(groups["video"]),
                        "speaker_other_video": chance_agreement(groups["speaker"]) - chance_agreement(groups["video"]),
-                       "test_speaker": float(100 / len(set(groups["speaker"].tolist())))}, "rows": rows}
+                       "test_speaker": test_chance}, "rows": rows}
 
 
 def _spread(values: list[float]) -> str:
@@ -216,8 +224,6 @@ def speaker_markdown(result: dict[str, Any]) -> str:
              "|---|---|---|---|---|"]
     lines += _table_rows(result, ("same_video", "same_speaker_other_video", "test_speaker"))
     return "\n".join(lines) + "\n"
-
-
 
 
 def _rates(result: dict[str, Any], features: str, pool: str, key: str) -> list[float]:
