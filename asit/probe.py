@@ -173,13 +173,13 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
     if spec.shape[2] < window:
         raise ValueError(f"clips of {spec.shape[2]} frames are shorter than the encoder's {window}-frame input")
     encoder.eval()
-    blocks = min(DINO_BLOCKS, len(encoder.blocks))
+    blocks = max(1, min(DINO_BLOCKS, len(encoder.blocks)))  # depth 0: the embedded patches count as the last
     bands = spec.shape[3] // encoder.patch_embed.patch_size[1]  # tokens run time-major: (window / p) rows of `bands`
     dim = encoder.embed_dim
 
     def read_outs(windows: torch.Tensor) -> torch.Tensor:  # (W, 1, window, F) -> (W, (2 + bands + blocks - 1) * D)
         # the last block's normed tokens are exactly forward_features' (timm puts the class token first)
-        layers = encoder.get_intermediate_layers(windows, n=blocks, return_prefix_tokens=True, norm=True)
+        layers = _last_layers(encoder, windows, blocks)
         patches, prefix = (t.float() for t in layers[-1])  # (W, N, D), (W, prefix tokens, D)
         earlier = [layer_prefix[:, 0].float() for _, layer_prefix in layers[:-1]]  # the other blocks' class tokens
         per_band = patches.reshape(len(windows), -1, bands, dim).mean(1).flatten(1)  # (W, bands * D)
@@ -189,6 +189,16 @@ def encoder_features(encoder: nn.Module, split: ProbeSplit, window: int, batch_s
     token, mean, per_band, earlier = pooled.split([dim, dim, bands * dim, (blocks - 1) * dim], dim=1)
     dino = torch.cat([earlier, token, mean], dim=1)  # the blocks' class tokens in order, then the mean patch token
     return {"token": token.numpy(), "mean": mean.numpy(), "bands": per_band.numpy(), "dino": dino.numpy()}
+
+
+def _last_layers(encoder: nn.Module, windows: torch.Tensor, blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The normed ``(patch tokens, prefix tokens)`` after each of the last ``blocks`` blocks; for an
+    encoder without blocks (`asit.label_efficiency`'s depth-0 diagnosis), its embedded patches normed,
+    which is what its ``forward_features`` returns and what timm's call refuses to take."""
+    if len(encoder.blocks):
+        return encoder.get_intermediate_layers(windows, n=blocks, return_prefix_tokens=True, norm=True)
+    tokens = encoder.forward_features(windows)
+    return [(tokens[:, encoder.num_prefix_tokens:], tokens[:, : encoder.num_prefix_tokens])]
 
 
 def pooled_fbank(split: ProbeSplit) -> np.ndarray:

@@ -103,6 +103,20 @@ def test_the_dino_read_out_is_the_last_blocks_normed_class_tokens_and_the_mean_p
     assert shallow["dino"].shape == (2, 2 * 192)  # one block: its class token and the mean patch token
 
 
+def test_an_encoder_without_blocks_reads_out_its_embedded_patches():
+    """asit.label_efficiency's diagnosis probes a random init with its blocks removed (depth 0)."""
+    from asit.label_efficiency import _no_blocks
+
+    encoder = _no_blocks(_tiny_encoder(32))
+    spec = torch.randn(2, 1, 32, 128)  # one window a clip
+    features = probe.encoder_features(encoder, probe.ProbeSplit(spec, torch.tensor([32, 32]), np.array([0, 1])), window=32)
+    with torch.no_grad():  # patch embedding, positions, final norm
+        tokens = encoder.norm(encoder._pos_embed(encoder.patch_embed(spec)))
+    np.testing.assert_allclose(features["token"], tokens[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features["mean"], tokens[:, 1:].mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(features["dino"], np.concatenate([features["token"], features["mean"]], axis=1))
+
+
 def test_probe_score_separates_informative_from_uninformative_features():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 20)
