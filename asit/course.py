@@ -39,6 +39,7 @@ COURSE_SETTINGS: dict[str, Any] = dict(
     knn_every=0,  # the label-efficiency sweep measures the encoder instead
     save_every=1,
     save_every_steps=100,
+    view_eq_db=10.0,  # each global view through its own random equaliser (asit.augment.random_equaliser)
 )
 CHECKPOINT_DIR = "results/course_checkpoint"  # relative to the repository
 # The environment `make course-checkpoint` runs in (the module docstring says why). MKL reads
