@@ -43,7 +43,8 @@ class TaskConfig:
     name: str  # task key: esc50, audioset_20k, audioset_2m, ks1, ks2, voxceleb1 (results/<name>/...)
     title: str  # human-readable name for tables and plots
     dataset: str  # name for asit.datasets.get_dataset
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # extra get_dataset options (e.g. the Speech Commands protocol)
+    # extra get_dataset options (e.g. the Speech Commands protocol)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
     metric: str = "accuracy"  # the metric the task is judged by: "accuracy" or "mAP"
     multilabel: bool = False  # True: multi-hot targets, sigmoid + BCE loss (AudioSet); else softmax + CE
     preset: str = "paper"  # smoke | cpu | gpu | paper (set by get_task)
@@ -265,8 +266,9 @@ _PRESET_CHANGES: dict[str, dict[str, Any]] = {
     ),
     "cpu": dict(
         # Sized so that one notebook (a pretrained run and a random-init run, ESC-50 over all 5
-        # folds) takes one to two minutes on 2 CPU cores, and `make reproduce` under 15; the encoder is the cpu pretraining
-        # preset's (4-block ViT-Ti, see asit.config), so inputs and steps are cheap.
+        # folds) takes one to two minutes on 2 CPU cores, and `make reproduce` under 15; the
+        # encoder is the cpu pretraining preset's (4-block ViT-Ti, see asit.config), so inputs
+        # and steps are cheap.
         epochs={"esc50": 6, "audioset_20k": 15, "audioset_2m": 1, "ks1": 12, "ks2": 12, "voxceleb1": 20},
         pool="mean",  # the class token of a 4-block ViT-Ti does not learn to gather in a few hundred steps
         batch_size=8,
