@@ -12,6 +12,11 @@
 - :func:`random_equaliser` (pretraining, ``view_eq_db``): each view of a clip through its own
   random microphone-and-room colouring, so that the two views of a clip no longer share a channel
   that the self-distillation could match them by instead of by their content.
+- :func:`random_noise_floor` (pretraining, ``view_noise_snr``): each view of a clip over its own
+  steady, coloured noise floor, so that the two views no longer share the channel's own floor.
+- :func:`random_frequency_warp` (pretraining, ``view_warp``): each view of a clip with its frequency
+  axis scaled by its own factor (vocal tract length perturbation, Jaitly and Hinton 2013), so that
+  the two views of a spoken clip no longer share their speaker's pitch and formants.
 
 Layout: spectrograms are ``(B, 1, T, F)``, time is dim -2 and frequency dim -1 (see
 ``asit/README.md``). torchaudio's masks expect ``(..., freq, time)``, so :class:`SpecAugment`
@@ -33,7 +38,8 @@ import torchaudio
 from scipy.stats import beta as scipy_beta
 from torch import nn
 
-from asit.audio import DEFAULT_SAMPLE_RATE, AUDIO_EXTENSIONS, load_audio
+from asit.audio import DEFAULT_SAMPLE_RATE, AUDIO_EXTENSIONS, NormStats, load_audio
+from asit.features import LOW_FREQ
 
 
 class SpecAugment(nn.Module):
@@ -107,6 +113,78 @@ def random_equaliser(spec: torch.Tensor, max_db: float, std: float | None, gener
     curves_db = equaliser_curves(spec.shape[0], spec.shape[-1], max_db, generator, spec.device)
     log_gain = curves_db * (np.log(10.0) / 10) / (1.0 if std is None else 2 * std)
     return spec + log_gain[:, None, None, :].to(spec.dtype)
+
+
+def random_noise_floor(spec: torch.Tensor, min_snr_db: float, stats: NormStats | None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(N, 1, T, F)`` log-mel spectrograms, each over its own steady noise floor.
+
+    The floor's level sits between ``min_snr_db`` and ``min_snr_db + 30`` dB (uniform) below the
+    spectrogram's loudest frame (its mean over the bins), coloured by an :func:`equaliser_curves`
+    curve of up to 5 dB; it is added in the energy domain (``log(exp(x) + exp(floor))``), so it
+    fills the quiet frames and the gaps and leaves the loud parts nearly as they were. ``stats``:
+    the spectrograms' normalisation (``None``: raw log-mel).
+    """
+    if spec.dim() != 4:
+        raise ValueError(f"random_noise_floor expects (N, 1, T, F), got {tuple(spec.shape)}")
+    mean, scale = (0.0, 1.0) if stats is None else (stats.mean, 2 * stats.std)
+    raw = spec * scale + mean
+    loudest = raw.mean(-1).amax(-1)[:, :, None, None]  # (N, 1, 1, 1)
+    snr_db = min_snr_db + 30 * torch.rand(spec.shape[0], 1, 1, 1, generator=generator, device=spec.device)
+    colour_db = equaliser_curves(spec.shape[0], spec.shape[-1], 5.0, generator, spec.device)[:, None, None, :]
+    floor = loudest + (colour_db - snr_db) * (np.log(10.0) / 10)
+    return ((torch.logaddexp(raw, floor.to(raw.dtype)) - mean) / scale).to(spec.dtype)
+
+
+def _kaldi_mel(hz: torch.Tensor) -> torch.Tensor:
+    return 1127.0 * torch.log1p(hz / 700.0)  # Kaldi's mel scale (asit.features.mel_filterbank)
+
+
+def _kaldi_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * torch.expm1(mel / 1127.0)
+
+
+def warp_positions(factors: torch.Tensor, bins: int, sample_rate: int, low_freq: float = LOW_FREQ) -> torch.Tensor:
+    """``(N, bins)`` fractional source bins: where output bin ``j`` of view ``n`` reads its input.
+
+    A factor ``a`` moves every frequency ``f`` to ``a f``: the bin centred at ``f`` takes what the
+    input had at ``f / a``, on the mel filterbank's own scale (centres evenly spaced in Kaldi mel
+    between ``low_freq`` and Nyquist). Positions past either edge are clamped to it.
+    """
+    low, high = _kaldi_mel(torch.tensor(low_freq)), _kaldi_mel(torch.tensor(sample_rate / 2))
+    step = (high - low) / (bins + 1)
+    centres_hz = _kaldi_hz(low + step * torch.arange(1, bins + 1, device=factors.device))  # (bins,)
+    source_mel = _kaldi_mel(centres_hz[None] / factors[:, None])
+    return ((source_mel - low) / step - 1).clamp(0, bins - 1)
+
+
+def frequency_warp(spec: torch.Tensor, factors: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """``(N, 1, T, F)`` log-mel spectrograms, spectrogram ``n`` with its frequencies scaled by ``factors[n]``.
+
+    Each bin is interpolated linearly between its two source bins (:func:`warp_positions`), so a
+    constant frame (padding) stays constant and a factor of 1 returns the input.
+    """
+    positions = warp_positions(factors, spec.shape[-1], sample_rate)  # (N, F)
+    below = positions.floor().long().clamp(max=spec.shape[-1] - 2)
+    weight = (positions - below).to(spec.dtype)[:, None, None, :]
+    index = below[:, None, None, :].expand(-1, *spec.shape[1:3], -1)
+    return torch.lerp(spec.gather(-1, index), spec.gather(-1, index + 1), weight)
+
+
+def random_frequency_warp(spec: torch.Tensor, max_warp: float, sample_rate: int,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`frequency_warp` with a factor per spectrogram, log-uniform in ``[1 / (1 + max_warp), 1 + max_warp]``.
+
+    A voice made higher or lower, pitch and formants together, as a shorter or longer vocal tract
+    would make it (VTLP; Jaitly and Hinton draw factors in [0.9, 1.1]).
+    """
+    if spec.dim() != 4:
+        raise ValueError(f"random_frequency_warp expects (N, 1, T, F), got {tuple(spec.shape)}")
+    if max_warp <= 0:
+        return spec
+    span = float(np.log1p(max_warp))
+    factors = torch.exp(span * (2 * torch.rand(spec.shape[0], generator=generator, device=spec.device) - 1))
+    return frequency_warp(spec, factors, sample_rate)
 
 
 def mixup(

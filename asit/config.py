@@ -86,6 +86,10 @@ class PretrainConfig:
     local_crop_frames: int = 192  # frames per local crop (2 s)
     view_eq_db: float = 0.0  # each global view through its own random equaliser (level, tilt, low-pass
     # roll-off, up to this many dB; asit.augment.random_equaliser); 0 = off (ASiT has none)
+    view_noise_snr: float = 0.0  # each global view over its own steady noise floor, this many to 30 more
+    # dB below its loudest frame (asit.augment.random_noise_floor); 0 = off (ASiT has none)
+    view_warp: float = 0.0  # each global view's frequency axis scaled by its own factor in
+    # [1/(1+w), 1+w] (a voice's pitch and formants; asit.augment.random_frequency_warp); 0 = off (ASiT has none)
 
     # ---------------------------------------------------------------- optimisation
     epochs: int = 100  # paper: 100 epochs on AudioSet-2M

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from asit.augment import random_equaliser
+from asit.augment import random_equaliser, random_frequency_warp, random_noise_floor
 from asit.clipping import clip_gradients_
 from asit.config import PretrainConfig
 from asit.features import FbankFrontend
@@ -317,8 +317,14 @@ def train_step(state: TrainState, waves: torch.Tensor, lengths: torch.Tensor, it
     torch.manual_seed(step_seed(cfg, it, state.dist.rank))  # drop path: a function of the step and rank
 
     spec = spectrograms(state, waves, lengths)  # (V*B, 1, T, F)
-    if cfg.view_eq_db > 0:  # drawn after the step's seed: a function of the step and rank
+    # Per-view augmentations (off in every preset; asit.course turns some on), drawn after the step's
+    # seed: the voice, then the channel's colouring, then its noise floor.
+    if cfg.view_warp > 0:
+        spec = random_frequency_warp(spec, cfg.view_warp, state.frontend.sample_rate)
+    if cfg.view_eq_db > 0:
         spec = random_equaliser(spec, cfg.view_eq_db, state.frontend.stats.std if state.frontend.stats else None)
+    if cfg.view_noise_snr > 0:
+        spec = random_noise_floor(spec, cfg.view_noise_snr, state.frontend.stats)
     corrupted, mask = mask_views(state, spec, spec.shape[0] // waves.shape[0], it)  # (V*B, 1, T, F) each
     centers = [buffer.clone() for buffer in state.criterion.buffers()]  # restored if the step is dropped
     with autocast(state.device, state.amp_dtype):

@@ -1,6 +1,7 @@
 """SpecAugment masks the right axes, mixup keeps the label mass, noise reaches the requested SNR."""
 
 import pytest
+import numpy as np
 import torch
 
 from asit.augment import BackgroundNoise, SpecAugment, mixup, snr_db
@@ -125,3 +126,64 @@ def test_random_equaliser_adds_its_curve_in_log_mel_units_and_in_normalised_unit
     assert random_equaliser(spec, 0.0, None) is spec
     with pytest.raises(ValueError, match=r"\(N, 1, T, F\)"):
         random_equaliser(spec[:, 0], 8.0, None)
+
+
+def test_frequency_warp_moves_a_spectral_peak_to_the_scaled_frequency():
+    from asit.augment import _kaldi_hz, _kaldi_mel, frequency_warp, warp_positions
+
+    bins, rate = 128, 16_000
+    low, high = _kaldi_mel(torch.tensor(20.0)), _kaldi_mel(torch.tensor(rate / 2))
+    centres = _kaldi_hz(low + (high - low) / (bins + 1) * torch.arange(1, bins + 1))
+    torch.testing.assert_close(warp_positions(torch.ones(1), bins, rate)[0], torch.arange(bins).float(), rtol=0, atol=1e-3)
+    peak = 40  # a formant-like bump at about 1 kHz
+    spec = torch.exp(-0.5 * ((torch.arange(bins) - peak) / 1.5) ** 2).expand(3, 1, 7, bins).clone()
+    factors = torch.tensor([1.0, 1.2, 1 / 1.2])
+    warped = frequency_warp(spec, factors, rate)
+    torch.testing.assert_close(warped[0], spec[0], rtol=0, atol=1e-3)
+    for row, factor in zip(warped, factors):
+        moved_to = centres[row[0, 0].argmax()]  # the bump's new centre, in Hz
+        assert abs(moved_to / (centres[peak] * factor) - 1) < 0.03  # within a bin's width
+    flat = torch.full((3, 1, 7, bins), -2.5)  # a padding frame stays what it was
+    torch.testing.assert_close(frequency_warp(flat, factors, rate), flat, rtol=0, atol=1e-6)
+
+
+def test_random_frequency_warp_draws_one_factor_per_spectrogram_within_its_bounds():
+    from asit.augment import random_frequency_warp
+
+    bins, peak = 128, 40
+    spec = torch.exp(-0.5 * ((torch.arange(bins) - peak) / 1.5) ** 2).expand(400, 1, 3, bins).clone()
+    warped = random_frequency_warp(spec, 0.25, 16_000, torch.Generator().manual_seed(0))
+    peaks = warped[:, 0, 0].argmax(-1)
+    assert (warped[:, 0].std(dim=1).max() < 1e-6)  # one factor a spectrogram, the same at every frame
+    assert peaks.min() < peak - 3 and peaks.max() > peak + 3  # both lower and higher voices
+    # a factor of 1.25 moves a 1 kHz bump 7 bins up, 1 / 1.25 6 bins down: never further
+    assert peaks.min() >= peak - 7 and peaks.max() <= peak + 8
+    again = random_frequency_warp(spec, 0.25, 16_000, torch.Generator().manual_seed(0))
+    assert torch.equal(warped, again)
+    assert random_frequency_warp(spec, 0.0, 16_000) is spec
+    with pytest.raises(ValueError, match=r"\(N, 1, T, F\)"):
+        random_frequency_warp(spec[:, 0], 0.25, 16_000)
+
+
+def test_random_noise_floor_fills_the_quiet_frames_below_the_loudest_one():
+    from asit.audio import NormStats
+    from asit.augment import random_noise_floor
+
+    raw = torch.full((200, 1, 10, 32), -20.0)  # silence ...
+    raw[:, :, 3] = 2.0  # ... around one loud frame
+    out = random_noise_floor(raw, 10.0, None, torch.Generator().manual_seed(0))
+    assert (out >= raw - 1e-6).all()  # energy is only ever added
+    # the loud frame barely moves: the floor is at least 10 dB under it, less the colouring's 7.5 dB
+    lift = out[:, :, 3] - raw[:, :, 3]
+    assert lift.max() <= np.log1p(10 ** -0.25) + 1e-5 and lift.median() < 0.05
+    floor = out[:, 0, 0]  # (200, 32): each silent frame now holds its spectrogram's floor
+    torch.testing.assert_close(out[:, 0, 9], floor, rtol=0, atol=1e-6)  # steady over time
+    below_db = (2.0 - floor.mean(-1)) * 10 / np.log(10.0)  # how far under the loud frame, in dB
+    assert below_db.min() > 10 - 7.5 and below_db.max() < 10 + 30 + 7.5  # the SNR range, +-the colouring
+    assert below_db.max() - below_db.min() > 20  # the levels spread over the range
+    assert len({tuple(row.tolist()) for row in floor}) == 200  # one floor per spectrogram
+    stats = NormStats(-6.0, 4.0)
+    normalised = random_noise_floor((raw + 6.0) / 8.0, 10.0, stats, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(normalised * 8.0 - 6.0, out, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match=r"\(N, 1, T, F\)"):
+        random_noise_floor(raw[:, 0], 10.0, None)

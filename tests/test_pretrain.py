@@ -349,3 +349,48 @@ def test_view_equaliser_colours_every_view_on_its_own_and_repeats_with_the_step(
     plain = engine.build_training(get_preset("smoke", drop_path_rate=0.0), "cpu", stats=NormStats(-6.0, 4.0), steps_per_epoch=4)
     assert engine.train_step(plain, waves, lengths, 3)["loss"].item() != runs[0]["loss"]
     assert len(seen) == 2  # view_eq_db = 0 never calls it
+
+
+def test_view_augmentations_run_voice_then_colour_then_noise_floor_and_repeat_with_the_step(monkeypatch):
+    """``view_warp`` scales each view's frequency axis by its own factor, ``view_eq_db`` colours it,
+    ``view_noise_snr`` lays its floor under it; all are drawn after the step's seed, so a rerun of
+    the step repeats the losses exactly."""
+    from asit import augment
+    from asit.audio import NormStats
+
+    calls = []
+    scale = augment.frequency_warp
+
+    def warp(spec, max_warp, sample_rate, generator=None):
+        calls.append(("warp", max_warp, sample_rate))
+        return augment.random_frequency_warp(spec, max_warp, sample_rate, generator)
+
+    def recording_scale(spec, factors, sample_rate):
+        calls.append(("factors", len(set(factors.tolist()))))
+        return scale(spec, factors, sample_rate)
+
+    def equalise(spec, max_db, std, generator=None):
+        calls.append(("equaliser", max_db))
+        return augment.random_equaliser(spec, max_db, std, generator)
+
+    def floor(spec, min_snr_db, stats, generator=None):
+        calls.append(("noise floor", min_snr_db, stats))
+        return augment.random_noise_floor(spec, min_snr_db, stats, generator)
+
+    monkeypatch.setattr(engine_pretrain, "random_noise_floor", floor)
+    monkeypatch.setattr(engine_pretrain, "random_frequency_warp", warp)
+    monkeypatch.setattr(augment, "frequency_warp", recording_scale)
+    monkeypatch.setattr(engine_pretrain, "random_equaliser", equalise)
+    cfg = get_preset("smoke", view_warp=0.2, view_eq_db=6.0, view_noise_snr=15.0, drop_path_rate=0.0)
+    waves, lengths = _fixed_batch(cfg)
+    losses = []
+    for _ in range(2):
+        state = engine.build_training(cfg, "cpu", stats=NormStats(-6.0, 4.0), steps_per_epoch=4)
+        losses.append(engine.train_step(state, waves, lengths, 3)["loss"].item())
+    assert losses[0] == losses[1]
+    stats = NormStats(-6.0, 4.0)
+    assert calls[:4] == [("warp", 0.2, 16_000), ("factors", 8), ("equaliser", 6.0), ("noise floor", 15.0, stats)]
+    for option in ("view_warp", "view_noise_snr"):  # each changes the step; off, it is never called
+        without = engine.build_training(dataclasses.replace(cfg, **{option: 0.0}), "cpu", stats=stats, steps_per_epoch=4)
+        assert engine.train_step(without, waves, lengths, 3)["loss"].item() != losses[0]
+    assert [c[0] for c in calls].count("warp") == 3 and [c[0] for c in calls].count("noise floor") == 3
