@@ -9,14 +9,15 @@
   ``_background_noise_`` recordings is added to the waveform at a random signal-to-noise ratio.
   It runs **on the device, in the waveform domain, before the fbank**: the data workers only
   crop waveforms (see :mod:`asit.features`), so the noise bank is loaded once onto the device.
+- :func:`random_frequency_warp` (pretraining, ``view_warp``): each view of a clip with its frequency
+  axis scaled by its own factor (vocal tract length perturbation, Jaitly and Hinton 2013), so that
+  the two views of a spoken clip no longer share their speaker's pitch and formants.
 - :func:`random_equaliser` (pretraining, ``view_eq_db``): each view of a clip through its own
   random microphone-and-room colouring, so that the two views of a clip no longer share a channel
   that the self-distillation could match them by instead of by their content.
 - :func:`random_noise_floor` (pretraining, ``view_noise_snr``): each view of a clip over its own
   steady, coloured noise floor, so that the two views no longer share the channel's own floor.
-- :func:`random_frequency_warp` (pretraining, ``view_warp``): each view of a clip with its frequency
-  axis scaled by its own factor (vocal tract length perturbation, Jaitly and Hinton 2013), so that
-  the two views of a spoken clip no longer share their speaker's pitch and formants.
+  The training step runs the three in this order (:func:`asit.engine_pretrain.train_step`).
 
 Layout: spectrograms are ``(B, 1, T, F)``, time is dim -2 and frequency dim -1 (see
 ``asit/README.md``). torchaudio's masks expect ``(..., freq, time)``, so :class:`SpecAugment`
@@ -37,6 +38,7 @@ import torch
 import torchaudio
 from scipy.stats import beta as scipy_beta
 from torch import nn
+from torchaudio.compliance import kaldi
 
 from asit.audio import DEFAULT_SAMPLE_RATE, AUDIO_EXTENSIONS, NormStats, load_audio
 from asit.features import LOW_FREQ
@@ -136,14 +138,6 @@ def random_noise_floor(spec: torch.Tensor, min_snr_db: float, stats: NormStats |
     return ((torch.logaddexp(raw, floor.to(raw.dtype)) - mean) / scale).to(spec.dtype)
 
 
-def _kaldi_mel(hz: torch.Tensor) -> torch.Tensor:
-    return 1127.0 * torch.log1p(hz / 700.0)  # Kaldi's mel scale (asit.features.mel_filterbank)
-
-
-def _kaldi_hz(mel: torch.Tensor) -> torch.Tensor:
-    return 700.0 * torch.expm1(mel / 1127.0)
-
-
 def warp_positions(factors: torch.Tensor, bins: int, sample_rate: int, low_freq: float = LOW_FREQ) -> torch.Tensor:
     """``(N, bins)`` fractional source bins: where output bin ``j`` of view ``n`` reads its input.
 
@@ -151,10 +145,10 @@ def warp_positions(factors: torch.Tensor, bins: int, sample_rate: int, low_freq:
     input had at ``f / a``, on the mel filterbank's own scale (centres evenly spaced in Kaldi mel
     between ``low_freq`` and Nyquist). Positions past either edge are clamped to it.
     """
-    low, high = _kaldi_mel(torch.tensor(low_freq)), _kaldi_mel(torch.tensor(sample_rate / 2))
+    low, high = kaldi.mel_scale(torch.tensor(low_freq)), kaldi.mel_scale(torch.tensor(sample_rate / 2))
     step = (high - low) / (bins + 1)
-    centres_hz = _kaldi_hz(low + step * torch.arange(1, bins + 1, device=factors.device))  # (bins,)
-    source_mel = _kaldi_mel(centres_hz[None] / factors[:, None])
+    centres_hz = kaldi.inverse_mel_scale(low + step * torch.arange(1, bins + 1, device=factors.device))  # (bins,)
+    source_mel = kaldi.mel_scale(centres_hz[None] / factors[:, None])
     return ((source_mel - low) / step - 1).clamp(0, bins - 1)
 
 
