@@ -139,8 +139,9 @@ le-neighbours: $(STAMP) $(BUILTIN_DATA)
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,
 # 12 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/: the
 # committed course encoder is this output. COURSE_EPOCHS=N: a shorter look. One thread: the committed
-# losses were recorded so (the test compares them bit for bit), and small tensors run faster so.
-# MKL_CBWR=AVX2: MKL's AVX2 path on any x86-64 CPU, so a newer CPU computes the same steps (the
+# losses were recorded so (the test compares them bit for bit on the CPU vendor that recorded them),
+# and small tensors run faster so.
+# MKL_CBWR=AVX2: MKL's AVX2 path on any x86-64 CPU, so a newer Intel CPU computes the same steps (the
 # committed first steps are what that path gives; asit/course.py says why, and its REPRODUCIBLE_ENV,
 # which a test holds this line to, names both settings).
 COURSE_EPOCHS ?=

@@ -13,7 +13,12 @@ the encoder, so a test can rerun the first steps and compare them loss for loss.
 runs on one thread with ``MKL_CBWR=AVX2`` (Intel MKL's conditional numerical reproducibility: the
 same AVX2 code path on every x86-64 CPU that has it), because MKL's default picks the newest
 instructions a CPU offers and AVX-512 or AMX kernels round the matrix products differently in the
-last bits, enough to change the losses from the sixth step on.
+last bits, enough to change the losses from the sixth step on. That pins the steps across the Intel
+CPUs seen so far, not across vendors: on an AMD CPU the sixth step differs in the seventh digit
+under the same settings (``results/HISTORY.md``). So the checkpoint's ``summary.json`` records the
+CPU that ran it (:func:`cpu_identity`), and the test compares bit for bit on that CPU vendor and to
+a relative 1e-5 elsewhere (and for a checkpoint made before the record was kept, as the committed
+one is).
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from asit.config import get_preset
 from asit.pretrain import pretrain
@@ -45,6 +53,22 @@ CHECKPOINT_DIR = "results/course_checkpoint"  # relative to the repository
 # The environment `make course-checkpoint` runs in (the module docstring says why). MKL reads
 # MKL_CBWR once, at its first call, so it must be set before the process starts.
 REPRODUCIBLE_ENV = {"MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1"}
+
+
+def cpu_identity() -> dict[str, str]:
+    """The CPU a run's steps were computed on: its vendor and model (Linux's /proc/cpuinfo), and the
+    instruction set PyTorch's own kernels dispatch to."""
+    fields = {"vendor_id": platform.processor() or platform.machine(), "model name": ""}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in fields and value.strip():
+                fields[key.strip()] = value.strip()
+            if line == "":  # the first processor's block is enough
+                break
+    return {"vendor": fields["vendor_id"], "model": fields["model name"],
+            "torch_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def course_config(**overrides: Any):
@@ -97,6 +121,8 @@ def make_checkpoint(output_dir: str | Path = "results/runs", destination: str | 
     for name in ("config.json", "log.jsonl", "steps.jsonl", "summary.json"):
         shutil.copy2(result.run_dir / name, target / name)
     summary = json.loads((target / "summary.json").read_text())
+    summary["recorded_on"] = cpu_identity()  # where the committed steps are bit for bit (the module docstring)
+    (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"course checkpoint: {summary.get('steps')} steps, final loss {summary.get('final_loss'):.3f}, "
           f"{summary.get('train_time_s')} s -> {target}")
     return target
