@@ -17,8 +17,7 @@ last bits, enough to change the losses from the sixth step on. That pins the ste
 CPUs seen so far, not across vendors: on an AMD CPU the sixth step differs in the seventh digit
 under the same settings (``results/HISTORY.md``). So the checkpoint's ``summary.json`` records the
 CPU that ran it (:func:`cpu_identity`), and the test compares bit for bit on that CPU vendor and to
-a relative 1e-5 elsewhere (and for a checkpoint made before the record was kept, as the committed
-one is).
+a relative 1e-5 elsewhere or when a checkpoint names no CPU.
 """
 
 from __future__ import annotations

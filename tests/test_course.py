@@ -81,8 +81,8 @@ def _recorded_vendor() -> str | None:
 
 def same_steps(ours: list[dict], theirs: list[dict], recorded_vendor: str | None, vendor: str) -> bool:
     """Bit for bit on the CPU vendor that recorded ``theirs``; elsewhere, or when the checkpoint
-    records no CPU (those made before the fifteenth session), to a relative 1e-5, because MKL's
-    AVX2 path still rounds differently on another vendor's CPU (asit/course.py)."""
+    names no CPU, to a relative 1e-5, because MKL's AVX2 path still rounds differently on another
+    vendor's CPU (asit/course.py)."""
     if [row["step"] for row in ours] != [row["step"] for row in theirs]:
         return False
     if recorded_vendor == vendor:
