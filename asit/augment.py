@@ -339,4 +339,8 @@ class BackgroundNoise(nn.Module):
         return f"recordings={self.num_recordings}, snr=[{self.snr_low}, {self.snr_high}] dB, p={self.p}"
 
 
-__all__ = ["SpecAugment", "mixup", "BackgroundNoise", "snr_db"]
+__all__ = [
+    "SpecAugment", "mixup", "BackgroundNoise", "snr_db",
+    "equaliser_curves", "random_equaliser", "random_noise_floor",
+    "warp_positions", "frequency_warp", "random_frequency_warp",
+]
