@@ -166,6 +166,18 @@ def recipes_by_task(spec: str, tasks: Sequence[str]) -> dict[str, str]:
     return {task: exceptions.get(task, default) for task in tasks}
 
 
+def parse_protocols(text: str) -> list[str]:
+    """``"probe"``, ``"finetune"``, ``"probe,finetune"`` or ``"both"`` -> the protocols to run, in
+    :data:`PROTOCOLS` order; anything else is an error before any training (a sweep with no
+    protocol would score the pooled fbank alone)."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    names = list(PROTOCOLS) if names == ["both"] else names
+    unknown = sorted(set(names) - set(PROTOCOLS))
+    if unknown or not names:
+        raise ValueError(f"protocols {text!r}: expected probe, finetune, both or probe,finetune")
+    return [p for p in PROTOCOLS if p in names]
+
+
 def recipe_fields(spec: str, tasks: Sequence[str], steps: int | None = None) -> dict[str, dict[str, Any]]:
     """Each task's recipe as :func:`run` records it (``recipes``): the fields of a :class:`FinetuneRecipe`."""
     return {task: asdict(recipe_named(name, steps)) for task, name in recipes_by_task(spec, tasks).items()}
@@ -663,6 +675,7 @@ def run(
     thread count sums in another order: the losses differ in their last bits, and a near-tied test
     clip can turn.
     """
+    protocols = parse_protocols(",".join(protocols))  # an unknown one fails here, before any training
     names = recipes_by_task(finetune_recipe, tasks)
     recipes = {task: recipe_named(name, finetune_steps) for task, name in names.items()}
     torch.set_num_threads(min(torch.get_num_threads(), 2))
@@ -720,7 +733,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (label draws and random inits)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the seeds are FIRST..FIRST+N-1: e.g. 5 for seeds that played no part in an earlier choice")
-    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune or both")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="probe, finetune, or both (= probe,finetune)")
     parser.add_argument("--finetune-recipe", default="short",
                         help="short: 60 steps from a random head; lpft: the head fitted first, then 300 gentler steps; "
                              "one per task as e.g. short,ks2_cmn:lpft (the first for every task not named)")
@@ -741,7 +754,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if args.diagnose:
         return diagnose(args.encoder, name, tasks, shots[0], seeds, args.output_dir)
-    return run(args.encoder, name, tasks, shots, seeds, [p for p in args.protocols.split(",") if p],
+    try:
+        protocols = parse_protocols(args.protocols)
+    except ValueError as error:
+        parser.error(str(error))
+    return run(args.encoder, name, tasks, shots, seeds, protocols,
                args.finetune_steps, args.output_dir, folds=parse_folds(args.folds), finetune_recipe=args.finetune_recipe,
                jobs=args.jobs)
 
@@ -755,7 +772,7 @@ def parse_folds(text: str) -> list[int] | None:
     return None if folds == [1] else folds
 
 
-__all__ = ["POOL", "PROBE_POOL", "pool_shown", "shown", "FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_of", "recipe_words", "recipe_fields", "recipe_names", "recipes_by_task", "recipes_run", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["POOL", "PROBE_POOL", "pool_shown", "shown", "FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_of", "recipe_words", "recipe_fields", "recipe_names", "recipes_by_task", "parse_protocols", "recipes_run", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

@@ -155,6 +155,25 @@ def test_parse_folds_reads_ranges_and_lists():
         le.parse_folds("0-2")
 
 
+def test_parse_protocols_reads_both_and_refuses_the_unknown():
+    assert le.parse_protocols("both") == ["probe", "finetune"]
+    assert le.parse_protocols("finetune,probe") == ["probe", "finetune"]
+    assert le.parse_protocols("finetune") == ["finetune"]
+    for text in ("", "fine-tune", "both,probe"):
+        with pytest.raises(ValueError, match="expected probe, finetune, both"):
+            le.parse_protocols(text)
+
+
+def test_the_command_refuses_an_unknown_protocol_before_any_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        le.main([str(tmp_path / "no_encoder"), "--protocols", "linear", "--output-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "protocols 'linear'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="protocols 'linear'"):
+        le.run(tmp_path / "no_encoder", "x", protocols=["linear"], output_dir=tmp_path, progress=False)
+    assert not (tmp_path / "label_efficiency").exists()
+
+
 def test_merging_folds_refuses_rows_out_of_step():
     row = {"task": "esc50", "protocol": "probe", "features": "pretrained", "pool": "mean", "shots": 4, "seed": 0,
            "train_clips": 40}
