@@ -749,8 +749,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     path = Path(args.encoder)
     name = args.name or (path.parent.name if path.name == "encoder" else path.stem)
-    shots = [0 if s.strip() == "all" else int(s) for s in args.shots.split(",") if s.strip()]
     tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - set(probe.PROBE_TASKS))
+    if unknown or not tasks:
+        parser.error(f"--tasks {args.tasks!r}: expected names from {', '.join(probe.PROBE_TASKS)}")
+    try:
+        shots = [0 if s.strip() == "all" else int(s) for s in args.shots.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--shots {args.shots!r}: expected whole numbers or 'all', e.g. 1,4,all")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if args.diagnose:
         return diagnose(args.encoder, name, tasks, shots[0], seeds, args.output_dir)

@@ -164,11 +164,15 @@ def test_parse_protocols_reads_both_and_refuses_the_unknown():
             le.parse_protocols(text)
 
 
-def test_the_command_refuses_an_unknown_protocol_before_any_training(tmp_path, capsys):
+def test_the_command_refuses_unknown_protocols_tasks_and_shots_before_any_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         le.main([str(tmp_path / "no_encoder"), "--protocols", "linear", "--output-dir", str(tmp_path)])
     assert stopped.value.code == 2
     assert "protocols 'linear'" in capsys.readouterr().err
+    for flag, value in (("--tasks", "esc50,birds"), ("--shots", "1,four")):
+        with pytest.raises(SystemExit):
+            le.main([str(tmp_path / "no_encoder"), flag, value, "--output-dir", str(tmp_path)])
+        assert f"{flag} '{value}'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="protocols 'linear'"):
         le.run(tmp_path / "no_encoder", "x", protocols=["linear"], output_dir=tmp_path, progress=False)
     assert not (tmp_path / "label_efficiency").exists()
