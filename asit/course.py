@@ -17,7 +17,8 @@ last bits, enough to change the losses from the sixth step on. That pins the ste
 CPUs seen so far, not across vendors: on an AMD CPU the sixth step differs in the seventh digit
 under the same settings (``results/HISTORY.md``). So the checkpoint's ``summary.json`` records the
 CPU that ran it (:func:`cpu_identity`), and the test compares bit for bit on that CPU vendor and to
-a relative 1e-5 elsewhere or when a checkpoint names no CPU.
+a relative 1e-5 elsewhere or when a checkpoint names no CPU. ``MKL_CBWR=COMPATIBLE`` gave the same
+steps on both vendors seen so far but runs the pretraining half as fast, so the target keeps AVX2.
 """
 
 from __future__ import annotations
