@@ -27,7 +27,7 @@ SYSTEM_PACKAGES := espeak-ng sox libsndfile1
 
 .PHONY: help system venv data reproduce test test-unit test-notebooks lab bench lock clean label-efficiency course-checkpoint \
 	label-efficiency-headline \
-	le-esc50 le-ks2 le-ks2_cmn le-ks2_cmn_lpft le-voxceleb1 le-fresh-seeds le-diagnosis le-neighbours
+	le-esc50 le-ks2 le-ks2_cmn le-ks2_cmn_lpft le-voxceleb1 le-fresh-seeds le-diagnosis le-neighbours le-pretraining-seeds
 
 help:
 	@echo "make reproduce   set up, build the built-in data, run every notebook (PRESET=$(PRESET))"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench       python -m asit.bench (prints and writes results/benchmarks/)"
 	@echo "make label-efficiency  the label-efficiency sweep of the course encoder, 5 seeds (results/label_efficiency/; -j2: 2 at once)"
 	@echo "make label-efficiency-headline  notebook 06's own sweep again, 3 seeds (results/label_efficiency/cpu.json, what make reproduce reads)"
+	@echo "make le-pretraining-seeds  the course settings pretrained with seeds $(PRETRAINING_SEEDS), each checked at 4 labels per class (hours; results/label_efficiency/course_pretraining_*)"
 	@echo "make course-checkpoint pretrain the course encoder once and copy it to results/course_checkpoint/"
 	@echo "make data        (re)build the built-in data sets under data/builtin"
 	@echo "make system      check the system packages ($(SYSTEM_PACKAGES)); as root, install them"
@@ -135,6 +136,15 @@ le-diagnosis: $(STAMP) $(BUILTIN_DATA)
 le-neighbours: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.neighbours $(LE_ENCODER) --name course
 	OMP_NUM_THREADS=1 $(PY) -m asit.neighbours $(LE_ENCODER) --name course --task voxceleb1
+
+# The headline's pretrained encoder is one pretraining run (seed 0). This pretrains the course settings
+# with the other seeds too, as `make course-checkpoint` does (into results/runs/, two at once, one core
+# each), and checks every encoder at 4 labels per class: course_pretraining_seed<N>.json per seed and
+# course_pretraining_seeds.json over them. Each step whose output exists is skipped.
+PRETRAINING_SEEDS ?= 0-3
+le-pretraining-seeds: $(STAMP) $(BUILTIN_DATA)
+	OMP_NUM_THREADS=1 $(PY) -m asit.pretraining_seeds --seeds $(PRETRAINING_SEEDS) --jobs 2
+	$(PY) -m asit.readme
 
 # Pretrains asit.course.COURSE_SETTINGS (the cpu preset on the built-in pool with the unlabelled clips,
 # 12 epochs) and copies the encoder, config, logs and summary to results/course_checkpoint/: the

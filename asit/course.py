@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +134,39 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--output-dir", default="results/runs", help="where the pretraining run itself goes")
     parser.add_argument("--destination", default=None, help=f"where the checkpoint goes (default: {CHECKPOINT_DIR})")
     parser.add_argument("--epochs", type=int, default=None, help="override the course's epochs (a shorter look)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the pretraining seed (default: the preset's, 0, which made the committed encoder); "
+                             "asit.pretraining_seeds pretrains several")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other field of the config over COURSE_SETTINGS, e.g. view_noise_snr=30 (a variant); "
+                             "the value is read as JSON when it parses, else as text")
     args = parser.parse_args(argv)
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    try:
+        overrides = parse_settings(args.set)
+    except ValueError as error:
+        parser.error(str(error))
+    overrides.update({"epochs": args.epochs} if args.epochs else {})
+    overrides.update({"seed": args.seed} if args.seed is not None else {})
     return make_checkpoint(args.output_dir, args.destination, **overrides)
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["view_noise_snr=30", "run_name=x"]`` -> ``{"view_noise_snr": 30, "run_name": "x"}``.
+
+    A value is read as JSON when it parses (numbers, true/false, lists), else kept as text; a
+    name that is not a field of the config is an error here, before any training.
+    """
+    fields = set(asdict(course_config()))
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or key.strip() not in fields:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY a config field, e.g. view_noise_snr=30")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip()] = value
+    return settings
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
-from asit import label_efficiency
+from asit import label_efficiency, pretraining_seeds
 from asit.gpu_check import t4_markdown
 from asit.probe import FBANK
 from asit.results import comparison_markdown
@@ -187,6 +187,21 @@ def long_sweep_block(results_dir: Path, names: tuple[str, ...] = LONG_SWEEPS, li
     return "\n".join([intro, "", *lines] + (["", f"Not run yet: {', '.join(missing)}."] if missing else []))
 
 
+def pretraining_seeds_block(results_dir: Path, links_from: Path | None = None) -> str:
+    """The leads at ``LABEL_SHOTS`` labels per class over pretraining seeds (``make le-pretraining-seeds``)."""
+    path = results_dir / "label_efficiency" / "course_pretraining_seeds.json"
+    link = os.path.relpath(path.with_suffix(".md"), links_from if links_from is not None else results_dir.parent)
+    if not path.is_file():
+        return f"Not run yet: `make le-pretraining-seeds` writes `{link}`."
+    summary = json.loads(path.read_text())
+    seeds = ", ".join(map(str, summary["pretraining_seeds"]))
+    intro = paragraph(f"Every seed above draws the labelled clips and a random init; the pretrained encoder is one "
+                      f"pretraining run, the committed checkpoint (pretraining seed 0). `make le-pretraining-seeds` "
+                      f"pretrained the course settings with the seeds {seeds} and checked each encoder "
+                      f"([`{path.stem}`]({link})). " + pretraining_seeds.describe(summary))
+    return "\n".join([intro, "", pretraining_seeds.markdown(summary).rstrip(), "", pretraining_seeds.verdict_words(summary).rstrip()])
+
+
 def performance_rows(sections: dict[str, Any], targets: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, ours, released path, ratio) for the loader, masking, fbank and end-to-end figures."""
     rows = []
@@ -249,6 +264,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": results_block,
     "label-efficiency": label_efficiency_block,
     "label-efficiency-long": long_sweep_block,
+    "pretraining-seeds": pretraining_seeds_block,
     "performance": performance_block,
     "t4-estimate": t4_block,
 }
