@@ -141,7 +141,7 @@ le-neighbours: $(STAMP) $(BUILTIN_DATA)
 # with the other seeds too, as `make course-checkpoint` does (into results/runs/, two at once, one core
 # each), and checks every encoder at 4 labels per class: course_pretraining_seed<N>.json per seed and
 # course_pretraining_seeds.json over them. Each step whose output exists is skipped.
-PRETRAINING_SEEDS ?= 0-3
+PRETRAINING_SEEDS ?= 0-5
 le-pretraining-seeds: $(STAMP) $(BUILTIN_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m asit.pretraining_seeds --seeds $(PRETRAINING_SEEDS) --jobs 2
 	$(PY) -m asit.readme

@@ -48,7 +48,7 @@ def test_over_seeds_counts_the_seeds_that_meet_the_target():
     assert finetune_row["ahead_every_draw"] == 0 and finetune_row["meets_target"] == 0  # 12 ahead, ranges overlap
     assert summary["references_identical"]
     table = ps.markdown(summary)
-    assert "| ks2_cmn | probe | 7.0 | +10.0 / +8.0 | +8.0 / +6.0 | +9.0 [+8.0, +10.0] | 2 of 2 | 1 of 2 |" in table
+    assert "| ks2_cmn | probe | 7.0 | +10.00 / +8.0 | +8.00 / +6.0 | +9.00 [+8.00, +10.00] | 2 of 2 | 1 of 2 |" in table
 
 
 def test_references_that_differ_between_checks_are_reported():
@@ -124,6 +124,18 @@ def test_the_readme_block_renders_the_summary_or_says_it_is_missing(tmp_path):
     (tmp_path / "label_efficiency").mkdir()
     ps.write(ps.gather({0: SEED0, 1: SEED1}, {}, "course_pretraining"), tmp_path)
     block = pretraining_seeds_block(tmp_path)
-    assert "with the seeds 0, 1" in block and "| +9.0 [+8.0, +10.0] | 2 of 2 | 1 of 2 |" in block
-    assert "- ks2_cmn, probe: a lead of +8.0 to +10.0 points (mean +9.0) over the 2 pretraining seeds" in block
+    assert "with the seeds 0, 1" in block and "| +9.00 [+8.00, +10.00] | 2 of 2 | 1 of 2 |" in block
+    assert "- ks2_cmn, probe: a lead of +8.00 to +10.00 points (mean +9.00) over the 2 pretraining seeds" in block
 
+
+def test_the_committed_summary_is_what_its_checks_give():
+    """results/label_efficiency/course_pretraining_seeds.json, gathered again from the committed checks."""
+    from asit.session import repo_root
+
+    results = repo_root() / "results"
+    committed = json.loads((results / "label_efficiency" / "course_pretraining_seeds.json").read_text())
+    seeds = committed["pretraining_seeds"]
+    checks = {s: json.loads(ps.check_path(results, "course_pretraining", s).read_text()) for s in seeds}
+    assert json.loads(json.dumps(ps.gather(checks, {}, "course_pretraining"))) == committed
+    assert checks[0]["encoder"] == "results/course_checkpoint/encoder"  # seed 0 is the committed encoder
+    assert committed["references_identical"]  # every check on one machine type: the same random inits
