@@ -769,16 +769,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                jobs=args.jobs)
 
 
+def parse_numbers(text: str) -> list[int]:
+    """``"1-5"`` -> [1, 2, 3, 4, 5]; ``"2,4"`` -> [2, 4]; [] when the text names no whole numbers."""
+    start, dash, stop = text.partition("-")
+    try:
+        return list(range(int(start), int(stop) + 1)) if dash else [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        return []
+
+
 def parse_folds(text: str) -> list[int] | None:
     """``"1"`` -> None (fold 1, the default split); ``"1-5"`` or ``"1,3"`` -> those folds."""
-    start, dash, stop = text.partition("-")
-    folds = list(range(int(start), int(stop) + 1)) if dash else [int(f) for f in text.split(",") if f.strip()]
+    folds = parse_numbers(text)
     if not folds or min(folds) < 1:
         raise ValueError(f"--folds takes fold numbers from 1, e.g. 1-5 or 1,2; got {text!r}")
     return None if folds == [1] else folds
 
 
-__all__ = ["POOL", "PROBE_POOL", "pool_shown", "shown", "FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_of", "recipe_words", "recipe_fields", "recipe_names", "recipes_by_task", "parse_protocols", "recipes_run", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
+__all__ = ["POOL", "PROBE_POOL", "pool_shown", "shown", "FINETUNE_RECIPES", "FinetuneRecipe", "recipe_named", "recipe_of", "recipe_words", "recipe_fields", "recipe_names", "recipes_by_task", "parse_protocols", "recipes_run", "fit_head", "chance_level", "rerun_words", "folds_words", "parse_numbers", "parse_folds", "scored_folds", "diagnose", "diagnose_task", "draw_shots", "finetune_few", "patch_statistics", "gap", "markdown", "plot", "run", "summarise", "sweep_task", "main"]
 
 
 if __name__ == "__main__":

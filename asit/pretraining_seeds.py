@@ -20,7 +20,8 @@ draws have. This module
    (:data:`TARGET_LEAD` points ahead with the seed ranges apart).
 
 A step whose output exists is skipped, so an interrupted run goes on where it stopped and another
-seed costs only its own pretraining (about 32 min on one core) and check (about 10 min on two).
+seed costs only its own pretraining and check (their times: the pretraining's ``summary.json``,
+``train_time_s``, and the check's ``seconds``).
 
     make le-pretraining-seeds                               # the course settings, seeds 0-5
     python -m asit.pretraining_seeds --seeds 0-9 --jobs 2           # four more seeds
@@ -127,6 +128,11 @@ def references(check: dict[str, Any]) -> list[tuple]:
 def over_seeds(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per (task, protocol): the lead's mean and range over pretraining seeds, and how many meet the target."""
     first = next(iter(per_seed.values()))
+    keys = [(r["task"], r["protocol"]) for r in first]
+    for seed, rows in per_seed.items():  # each row below lines the seeds up by position
+        if [(r["task"], r["protocol"]) for r in rows] != keys:
+            raise ValueError(f"pretraining seed {seed}'s check scored other tasks or protocols than the first "
+                             f"({[(r['task'], r['protocol']) for r in rows]} against {keys}): check it again")
     out = []
     for i, row in enumerate(first):
         lead = np.array([rows[i]["lead"] for rows in per_seed.values()])
@@ -173,7 +179,7 @@ def describe(summary: dict[str, Any]) -> str:
     settings = ", ".join(f"`{k}={v}`" for k, v in summary["settings"].items()) or "none (`asit.course.COURSE_SETTINGS`)"
     same = ("identical in every check" if summary["references_identical"]
             else "not identical across the checks (they ran on different machine types)")
-    return (f"Each pretraining seed's encoder checked at 4 labels per class on label seeds 0-4 "
+    return (f"Each pretraining seed's encoder is checked at 4 labels per class on label seeds 0-4 "
             f"(`asit.pretraining_seeds.CHECK`). A cell is the lead / margin of that encoder: the "
             f"pretrained mean minus the random-init mean, and the worst pretrained draw minus the best "
             f"random init (positive: every draw ahead); leads to two decimals, so that one just short "
@@ -204,11 +210,7 @@ def write(summary: dict[str, Any], output_dir: str | Path = "results") -> Path:
 
 def parse_seeds(text: str) -> list[int]:
     """``"0-3"`` -> [0, 1, 2, 3]; ``"0,2"`` -> [0, 2]."""
-    start, dash, stop = text.partition("-")
-    try:
-        seeds = list(range(int(start), int(stop) + 1)) if dash else [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
+    seeds = le.parse_numbers(text)
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds takes distinct seeds from 0, e.g. 0-3 or 0,2; got {text!r}")
     return seeds

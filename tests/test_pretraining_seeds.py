@@ -139,3 +139,10 @@ def test_the_committed_summary_is_what_its_checks_give():
     assert json.loads(json.dumps(ps.gather(checks, {}, "course_pretraining"))) == committed
     assert checks[0]["encoder"] == "results/course_checkpoint/encoder"  # seed 0 is the committed encoder
     assert committed["references_identical"]  # every check on one machine type: the same random inits
+
+
+def test_checks_of_other_tasks_are_not_lined_up_by_position():
+    other = json.loads(json.dumps(SEED1))
+    other["protocols"] = ["finetune", "probe"]  # the same rows, the protocols in another order
+    with pytest.raises(ValueError, match="pretraining seed 1's check scored other tasks or protocols"):
+        ps.gather({0: SEED0, 1: other}, {}, "x")
